@@ -1,0 +1,377 @@
+"""Image classifiers shared by the judge (conditional accuracy), selection and the downstream check.
+
+Two architectures: ``smallcnn`` (a few conv blocks, trains in seconds on a CPU) and
+``resnet18`` (torchvision, optionally initialised from a local ImageNet state dict). Both
+expose ``features(x)``, the penultimate representation, so feature-based metrics and
+filters can reuse a classifier trained on the user's own images instead of an ImageNet
+network that has never seen a micrograph.
+
+Training works on in-memory tensors (no DataLoader, no PIL): on the small sets synthmed is
+built for, per-sample Python overhead would dominate the convolutions. Early stopping
+always watches a REAL validation split; a synthetic one would reward the generator's own
+mistakes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthmed.config import ClassifierConfig
+from synthmed.data.dataset import ImageDataset
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("smallcnn", "resnet18")
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU blocks (32-64-128), each followed by 2x2 max pooling while the map is
+    still at least 2 px wide, then global average pooling, dropout and a linear head."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int,
+                 widths: tuple[int, ...] = (32, 64, 128), dropout: float = 0.3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, size = in_channels, image_size
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(c, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(x)))
+
+
+class ResNet18(nn.Module):
+    """torchvision ResNet-18 with a ``features`` method. For images of 64 px or less the
+    7x7 stride-2 stem and the max pool would shrink a 32 px image to 8 px before the first
+    residual block, so they are replaced by a 3x3 stride-1 conv (the usual CIFAR variant)."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        self.net = resnet18(weights=None, num_classes=num_classes)
+        if image_size <= 64:
+            self.net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            self.net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            self.net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return torch.flatten(n.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(self.features(x))
+
+
+def _load_imagenet_weights(model: ResNet18, weights_path: str) -> None:
+    path = Path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ResNet-18 weights file not found: {path} (set classifier.weights_path to a local torchvision "
+            f"resnet18 state dict, or to null to train from scratch)"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.net.state_dict()
+    usable, skipped = {}, []
+    for key, val in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("fc."):
+            skipped.append(key)  # ImageNet's 1000-class head: the new head is trained from scratch
+        elif key == "conv1.weight" and key in own and val.shape != own[key].shape:
+            if val.shape[2:] == own[key].shape[2:] and own[key].shape[1] == 1:
+                usable[key] = val.sum(dim=1, keepdim=True)  # RGB stem -> grey stem (sum keeps the response)
+            else:
+                skipped.append(key)  # 7x7 ImageNet stem does not fit the 3x3 small-image stem
+        elif key in own and own[key].shape == val.shape:
+            usable[key] = val
+        else:
+            skipped.append(key)
+    missing = [k for k in own if k not in usable]
+    model.net.load_state_dict(usable, strict=False)
+    log.info("loaded %d tensors from %s; skipped %s; left at random init: %s",
+             len(usable), path, skipped or "none", missing or "none")
+    if not usable:
+        raise ValueError(f"{path}: no tensor matches a torchvision ResNet-18; is this the right file?")
+
+
+def build_classifier(arch: str, num_classes: int, in_channels: int, image_size: int,
+                     weights_path: str | None = None) -> nn.Module:
+    """A fresh classifier with ``forward(x) -> logits`` and ``features(x) -> penultimate``."""
+    if arch == "smallcnn":
+        if weights_path:
+            raise ValueError("weights_path is only supported for arch 'resnet18'")
+        return SmallCNN(num_classes, in_channels, image_size)
+    if arch == "resnet18":
+        model = ResNet18(num_classes, in_channels, image_size)
+        if weights_path:
+            _load_imagenet_weights(model, weights_path)
+        return model
+    raise ValueError(f"unknown classifier arch {arch!r}; choose one of {list(ARCHS)}")
+
+
+# --------------------------------------------------------------------------- trained classifier
+
+
+@dataclass
+class TrainedClassifier:
+    model: nn.Module
+    history: dict
+    config: ClassifierConfig
+    class_names: list[str]
+    train_fingerprint: str
+    #: what the classifier was trained on and how: n_train, class counts, synthetic share, seed, ...
+    meta: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+    def _check(self, ds: ImageDataset) -> None:
+        if ds.class_names != self.class_names:
+            raise ValueError(f"{ds.name}: classes {ds.class_names} differ from the classifier's {self.class_names}")
+        want = (self.meta.get("image_size"), self.meta.get("in_channels"))
+        if want != (ds.image_size, ds.channels):
+            raise ValueError(f"{ds.name}: images are {ds.image_size} px x {ds.channels} ch, "
+                             f"the classifier expects {want[0]} px x {want[1]} ch")
+
+    @torch.no_grad()
+    def _batched(self, ds: ImageDataset, fn, batch_size: int) -> np.ndarray:
+        self._check(ds)
+        self.model.eval()
+        x, _ = ds.to_tensor()
+        outs = [fn(x[i:i + batch_size].to(self.device)).float().cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+
+    def predict_proba(self, ds: ImageDataset, batch_size: int = 256) -> np.ndarray:
+        proba = self._batched(ds, lambda xb: self.model(xb).softmax(dim=1), batch_size)
+        return proba.reshape(len(ds), len(self.class_names))
+
+    def predict(self, ds: ImageDataset, batch_size: int = 256) -> np.ndarray:
+        return self.predict_proba(ds, batch_size).argmax(axis=1)
+
+    def features(self, ds: ImageDataset, batch_size: int = 256) -> np.ndarray:
+        return self._batched(ds, self.model.features, batch_size)
+
+    def save(self, path: str | Path) -> Path:
+        from synthmed.generators.base import atomic_torch_save
+
+        atomic_torch_save({
+            "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "config": asdict(self.config),
+            "class_names": list(self.class_names),
+            "train_fingerprint": self.train_fingerprint,
+            "history": self.history,
+            "meta": self.meta,
+        }, path)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "TrainedClassifier":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+        # weights_only: a checkpoint is plain tensors and containers, never pickled code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = ClassifierConfig(**ckpt["config"])
+        meta = ckpt["meta"]
+        model = build_classifier(cfg.arch, len(ckpt["class_names"]), meta["in_channels"], meta["image_size"])
+        model.load_state_dict(ckpt["state_dict"])
+        return cls(model.to(device).eval(), ckpt["history"], cfg, ckpt["class_names"],
+                   ckpt["train_fingerprint"], meta, device)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal/vertical flips and 90-degree rotations, drawn per image.
+
+    Label-preserving for most microscopy and histology (no canonical orientation); not for
+    every modality (chest X-rays have a left and a right), hence off by default."""
+    n = x.shape[0]
+    flip_h = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
+    flip_v = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
+    x = torch.where(flip_h, x.flip(3), x)
+    x = torch.where(flip_v, x.flip(2), x)
+    if x.shape[2] != x.shape[3]:
+        return x  # a quarter turn would change the shape of a non-square image
+    turns = torch.randint(0, 4, (n,), generator=gen).to(x.device)
+    out = x.clone()
+    for k in (1, 2, 3):
+        sel = turns == k
+        if sel.any():
+            out[sel] = torch.rot90(x[sel], k, dims=(2, 3))
+    return out
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, batch_size: int) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size].to(device))
+        yb = y[i:i + batch_size].to(device)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    return loss_sum / len(x), correct / len(x)
+
+
+def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConfig, *, seed: int = 0,
+                     device: str = "cpu", augment: bool = False, progress: bool = False) -> TrainedClassifier:
+    """Train ``cfg.arch`` on ``train``; early-stop on the loss of the real ``val`` split and
+    return the weights of the best validation epoch. Deterministic for a seed on CPU."""
+    if val.synthetic:
+        raise ValueError(f"validation set '{val.name}' is synthetic: early stopping must watch REAL images, "
+                         f"otherwise the classifier is tuned to the generator's mistakes")
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"cannot train a classifier on {len(train)} training / {len(val)} validation images")
+    if train.class_names != val.class_names:
+        raise ValueError(f"train classes {train.class_names} differ from val classes {val.class_names}")
+    if train.images.shape[1:] != val.images.shape[1:]:
+        raise ValueError(f"train images {train.images.shape[1:]} and val images {val.images.shape[1:]} differ in shape")
+    if cfg.epochs < 1 or cfg.patience < 1:
+        raise ValueError(f"classifier epochs ({cfg.epochs}) and patience ({cfg.patience}) must be at least 1")
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adam' or 'sgd'")
+
+    # fork_rng: seeding here must not change the caller's random stream
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # weight init and dropout
+        gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
+        model = build_classifier(cfg.arch, train.num_classes, train.channels, train.image_size,
+                                 cfg.weights_path).to(device)
+        if cfg.optimizer == "adam":
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+        x_tr, y_tr = train.to_tensor()
+        x_va, y_va = val.to_tensor()
+        n, bs = len(x_tr), max(1, cfg.batch_size)
+        history = {"epoch": [], "train_loss": [], "val_loss": [], "val_acc": []}
+        best_loss, best_epoch, best_state, waited = math.inf, -1, None, 0
+        stopped_early = False
+        for epoch in range(cfg.epochs):
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            loss_sum, seen = 0.0, 0
+            for i in range(0, n, bs):
+                idx = perm[i:i + bs]
+                if len(idx) == 1 and i > 0:
+                    continue  # a trailing single image: BatchNorm cannot normalise one image over a 1x1 map
+                xb, yb = x_tr[idx], y_tr[idx]
+                if augment:
+                    xb = augment_batch(xb, gen)
+                loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.item() * len(idx)
+                seen += len(idx)
+            val_loss, val_acc = _evaluate(model, x_va, y_va, device, 256)
+            history["epoch"].append(epoch)
+            history["train_loss"].append(loss_sum / max(seen, 1))
+            history["val_loss"].append(val_loss)
+            history["val_acc"].append(val_acc)
+            if progress:
+                log.info("epoch %d  train loss %.4f  val loss %.4f  val acc %.3f",
+                         epoch, history["train_loss"][-1], val_loss, val_acc)
+            if val_loss < best_loss:
+                best_loss, best_epoch, waited = val_loss, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                waited += 1
+                if waited >= cfg.patience:
+                    stopped_early = True
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    model.eval()
+    history.update(best_epoch=best_epoch, best_val_loss=best_loss, stopped_early=stopped_early)
+    meta = {
+        "arch": cfg.arch,
+        "seed": seed,
+        "augment": augment,
+        "image_size": train.image_size,
+        "in_channels": train.channels,
+        "n_train": len(train),
+        "train_class_counts": dict(zip(train.class_names, train.class_counts())),
+        "train_synthetic": bool(train.synthetic),
+        "val_fingerprint": val.fingerprint(),
+    }
+    return TrainedClassifier(model, history, cfg, list(train.class_names), train.fingerprint(), meta, device)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def classification_metrics(y_true, proba, class_names: list[str]) -> dict:
+    """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1, AUC and the
+    confusion matrix (rows = true class, columns = predicted), as plain Python numbers.
+
+    Macro F1 averages over the classes present in ``y_true`` or predicted (scikit-learn's
+    default), so a class missing from a small test set does not count as F1 = 0. AUC is
+    binary ROC AUC for two classes, macro one-vs-rest for more, and None when a class is
+    missing from ``y_true`` (it is undefined then)."""
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                                 precision_recall_fscore_support, roc_auc_score)
+
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    proba = np.asarray(proba, dtype=np.float64)
+    k = len(class_names)
+    if proba.shape != (len(y_true), k):
+        raise ValueError(f"proba has shape {proba.shape}, expected ({len(y_true)}, {k})")
+    if len(y_true) == 0:
+        raise ValueError("classification_metrics: no samples")
+    y_pred = proba.argmax(axis=1)
+    labels = list(range(k))
+    prec, rec, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    present = set(y_true.tolist())
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected on small sets
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(y_true, y_pred)
+    auc = None
+    if k == 2 and present == {0, 1}:
+        auc = float(roc_auc_score(y_true, proba[:, 1]))
+    elif k > 2 and len(present) == k:
+        p = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rows may miss 1 by ~1e-7
+        auc = float(roc_auc_score(y_true, p, multi_class="ovr", average="macro", labels=labels))
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced),
+        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "auc": auc,
+        "per_class": {
+            name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "class_names": list(class_names),
+    }

@@ -1,0 +1,270 @@
+"""Typed run configuration: plain dataclasses, loaded from YAML, with presets named after the papers.
+
+One place for defaults. A run's resolved config is written next to its outputs
+(``runs/<name>/config.yaml``) so every figure can be traced to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Unknown key, wrong type or unknown preset in a config."""
+
+
+@dataclass
+class DataConfig:
+    #: "embryo" (embedded procedural default), "folder:PATH", "csv:PATH", "medmnist:FLAG"
+    dataset: str = "embryo"
+    #: root folder for MedMNIST files (``<root>/<flag>.npz``); default ~/.medmnist
+    data_root: str | None = None
+    #: every image is brought to image_size x image_size (square)
+    image_size: int = 32
+    #: 1 (grey) or 3 (RGB); None keeps what the data has (mixed channels are an error then)
+    channels: int | None = None
+    #: what to do with images of another size: "resize" (bilinear, after centre crop to square) or "error"
+    resize_policy: str = "resize"
+    #: "auto": the source's official split when it has one (MedMNIST), else a new one;
+    #: "official": require the source's split; "random": always make a new stratified split
+    #: (patient-level when patient ids exist) with the fractions below
+    split: str = "auto"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    #: keep only this many training images per class (small-data regime); None = all
+    train_per_class: int | None = None
+    #: make one class the minority: keep ``imbalance_ratio`` of its training images
+    minority_class: str | None = None
+    imbalance_ratio: float = 1.0
+    #: region of interest: "none", "auto" (one round object per image), or "boxes:PATH" (CSV or VOC folder)
+    roi: str = "none"
+    #: optional explicit class list (order = label index); labels outside it are an error
+    classes: list[str] | None = None
+    #: size of the embedded default dataset (images per class before splitting; 3-cell stage is rarer)
+    embryo_per_class: list[int] = field(default_factory=lambda: [400, 140, 400])
+
+
+@dataclass
+class AutoencoderConfig:
+    """Small KL autoencoder (diffusers AutoencoderKL) for latent diffusion."""
+
+    #: local folder of a pretrained AutoencoderKL (diffusers format); None trains one on the training split
+    pretrained_path: str | None = None
+    latent_channels: int = 4
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    kl_weight: float = 1e-6
+    lr: float = 1e-3
+    batch_size: int = 64
+    train_steps: int = 1500
+
+
+@dataclass
+class DiffusionConfig:
+    """Class-conditional diffusion on diffusers' UNet2DModel (pixel or latent space)."""
+
+    space: str = "pixel"  # "pixel" or "latent"
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    #: attention at the lowest resolution only (costly on CPU); False = pure convolution
+    attention: bool = False
+    dropout: float = 0.0
+    num_train_timesteps: int = 1000
+    schedule: str = "cosine"  # "linear" or "cosine"
+    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction"
+    #: probability of replacing the label with the null class during training (classifier-free guidance)
+    cond_dropout: float = 0.1
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    train_steps: int = 2000
+    ema_decay: float = 0.995
+    hflip: float = 0.5
+    vflip: float = 0.5
+    #: "dpmsolver++", "ddim" or "ddpm"
+    sampler: str = "dpmsolver++"
+    sample_steps: int = 20
+    guidance: float = 2.0
+    #: bf16 autocast on CUDA devices that support it; always float32 on CPU
+    mixed_precision: bool = True
+    checkpoint_every: int = 500
+    log_every: int = 25
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+
+
+@dataclass
+class ClassifierConfig:
+    """Classifier used for the judge (conditional accuracy) and the downstream check."""
+
+    arch: str = "smallcnn"  # "smallcnn" or "resnet18"
+    #: local torchvision ResNet-18 weights file (ImageNet); None trains from scratch
+    weights_path: str | None = None
+    optimizer: str = "adam"  # "adam" or "sgd"
+    lr: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 30
+    #: stop when validation loss has not improved for this many epochs
+    patience: int = 6
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class EvaluateConfig:
+    judge: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+
+@dataclass
+class DownstreamConfig:
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: synthetic images added per real training image in the "real + synthetic" arm
+    synthetic_ratio: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    out_dir: str = "runs"
+    seed: int = 0
+    #: CPU threads for torch; 0 = all cores
+    threads: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    #: synthetic images per class to generate (None: as many as the real training split has)
+    samples_per_class: int | None = 200
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: DiffusionConfig = field(default_factory=DiffusionConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    preset: str | None = None
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, val in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key '{where + '.' if where else ''}{key}'; known keys: {', '.join(sorted(known))}"
+            )
+        typ = hints[key]
+        if is_dataclass(typ):
+            kwargs[key] = _build(typ, val or {}, f"{where}.{key}" if where else key)
+        else:
+            kwargs[key] = val
+    return cls(**kwargs)
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def from_dict(values: dict) -> RunConfig:
+    cfg = _build(RunConfig, values, "")
+    validate(cfg)
+    return cfg
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("synthmed") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_dict(name: str) -> dict:
+    path = resources.files("synthmed") / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset '{name}'; available: {', '.join(preset_names())}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults <- preset (or the file's ``preset:`` key) <- YAML file <- overrides."""
+    file_values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            file_values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    preset = preset or file_values.get("preset")
+    values = asdict(RunConfig())
+    if preset:
+        values = merge(values, preset_dict(preset))
+        values["preset"] = preset
+    values = merge(values, file_values)
+    values = merge(values, overrides or {})
+    return from_dict(values)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def set_dotted(values: dict, dotted: str, raw: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict, for --set on the CLI."""
+    keys = dotted.split(".")
+    d = values
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = yaml.safe_load(raw)
+
+
+def validate(cfg: RunConfig) -> None:
+    g = cfg.generator
+    choices = {
+        "generator.space": (g.space, {"pixel", "latent"}),
+        "generator.schedule": (g.schedule, {"linear", "cosine"}),
+        "generator.prediction_type": (g.prediction_type, {"epsilon", "v_prediction"}),
+        "generator.sampler": (g.sampler, {"dpmsolver++", "ddim", "ddpm"}),
+        "data.resize_policy": (cfg.data.resize_policy, {"resize", "error"}),
+        "data.split": (cfg.data.split, {"official", "auto", "random"}),
+        "device": (cfg.device, {"auto", "cpu", "cuda"}),
+        "evaluate.judge.arch": (cfg.evaluate.judge.arch, {"smallcnn", "resnet18"}),
+        "downstream.classifier.arch": (cfg.downstream.classifier.arch, {"smallcnn", "resnet18"}),
+    }
+    for key, (val, allowed) in choices.items():
+        if val not in allowed:
+            raise ConfigError(f"{key} = {val!r}; choose one of {sorted(allowed)}")
+    if cfg.data.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels = {cfg.data.channels}; choose 1, 3 or null")
+    if cfg.data.image_size < 8:
+        raise ConfigError(f"data.image_size = {cfg.data.image_size}; must be at least 8")
+    down = 2 ** (len(g.block_out_channels) - 1)
+    if g.space == "pixel" and cfg.data.image_size % down:
+        raise ConfigError(
+            f"data.image_size = {cfg.data.image_size} is not divisible by {down} "
+            f"(the U-Net halves the image {len(g.block_out_channels) - 1} times); pick a multiple of {down}"
+        )
+    if not 0 <= g.cond_dropout < 1:
+        raise ConfigError("generator.cond_dropout must be in [0, 1)")
+    if not 0 < cfg.data.imbalance_ratio <= 1:
+        raise ConfigError("data.imbalance_ratio must be in (0, 1]")
+
+
+def replace(cfg, **changes):
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,144 @@
+"""KL autoencoder for latent diffusion: trained on the user's training split, or loaded from a
+local pretrained checkpoint (a Stable-Diffusion-style ``AutoencoderKL`` folder).
+
+Its reconstruction quality is measured on held-out real images *before* diffusion trains:
+a latent model can never be better than its decoder, and users should see that number first.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from synthmed.config import AutoencoderConfig
+from synthmed.generators.networks import build_autoencoder, count_parameters
+
+
+class LatentAutoencoder:
+    def __init__(self, cfg: AutoencoderConfig, image_size: int, channels: int, device: str = "cpu"):
+        self.cfg = cfg
+        self.image_size = image_size
+        self.channels = channels
+        self.device = device
+        if cfg.pretrained_path:
+            self.vae = load_pretrained_vae(cfg.pretrained_path, channels)
+        else:
+            self.vae = build_autoencoder(cfg, image_size, channels)
+        self.vae.to(device)
+        # 1 / std of the training latents, so the denoiser sees unit-variance inputs (as SD does).
+        self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0)) if cfg.pretrained_path else 1.0
+        self.history: dict = {}
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.image_size // self.downsample_factor
+        return (self.vae.config.latent_channels, s, s)
+
+    def fit(self, x: torch.Tensor, x_val: torch.Tensor | None = None, *, seed: int = 0, progress: bool = True) -> dict:
+        """Train on images in [-1, 1] (N, C, H, W): L1 + MSE reconstruction + small KL term."""
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.train_steps, 1), eta_min=cfg.lr * 0.1)
+        self.vae.train()
+        curve, running, t0 = [], 0.0, time.time()
+        bar = tqdm(range(cfg.train_steps), desc="autoencoder", disable=not progress, leave=False)
+        for step in bar:
+            idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=g)
+            xb = x[idx].to(self.device)
+            # flips keep the autoencoder equivariant enough to encode flipped training images
+            if torch.rand((), generator=g) < 0.5:
+                xb = xb.flip(-1)
+            if torch.rand((), generator=g) < 0.5:
+                xb = xb.flip(-2)
+            post = self.vae.encode(xb).latent_dist
+            z = post.sample(generator=None)
+            rec = self.vae.decode(z).sample
+            kl = post.kl().mean() / (xb[0].numel())
+            loss = F.l1_loss(rec, xb) + F.mse_loss(rec, xb) + cfg.kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item()
+            if (step + 1) % 25 == 0 or step + 1 == cfg.train_steps:
+                k = (step % 25) + 1
+                curve.append([step + 1, running / k])
+                bar.set_postfix(loss=f"{running / k:.4f}")
+                running = 0.0
+        self.vae.eval()
+        with torch.no_grad():
+            z = self.encode_raw(x[: min(len(x), 2048)])
+            self.scaling_factor = float(1.0 / z.flatten().std().clamp_min(1e-6))
+        self.history = {"loss_curve": curve, "train_seconds": time.time() - t0, "train_steps": cfg.train_steps,
+                        "num_parameters": count_parameters(self.vae)}
+        if x_val is not None and len(x_val):
+            self.history["reconstruction"] = self.reconstruction_quality(x_val)
+        return self.history
+
+    @torch.no_grad()
+    def reconstruction_quality(self, x: torch.Tensor, batch_size: int = 256) -> dict:
+        """MSE and PSNR (images scaled to [0, 1]) of encode->decode on held-out real images."""
+        self.vae.eval()
+        mse = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].to(self.device)
+            rec = self.decode(self.encode(xb)).clamp(-1, 1)
+            mse.append(((rec - xb) / 2).pow(2).flatten(1).mean(1).cpu())
+        m = torch.cat(mse)
+        psnr = (10 * torch.log10(1.0 / m.clamp_min(1e-10))).mean().item()
+        return {"mse": float(m.mean()), "psnr_db": psnr, "num_images": int(len(x)),
+                "note": "held-out real images (validation split), pixel range [0, 1]"}
+
+    @torch.no_grad()
+    def encode_raw(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        self.vae.eval()
+        out = [self.vae.encode(x[i : i + batch_size].to(self.device)).latent_dist.mean for i in range(0, len(x), batch_size)]
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_raw(x) * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        self.vae.eval()
+        out = [self.vae.decode(z[i : i + batch_size] / self.scaling_factor).sample for i in range(0, len(z), batch_size)]
+        return torch.cat(out)
+
+    def state(self) -> dict:
+        return {"vae": self.vae.state_dict(), "scaling_factor": self.scaling_factor, "history": self.history}
+
+    def load_state(self, state: dict) -> None:
+        self.vae.load_state_dict(state["vae"])
+        self.scaling_factor = state["scaling_factor"]
+        self.history = state.get("history", {})
+
+
+def load_pretrained_vae(path: str, channels: int):
+    """Load a diffusers-format AutoencoderKL folder from disk (never from a hub)."""
+    from diffusers import AutoencoderKL
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(
+            f"generator.autoencoder.pretrained_path = {p}: no diffusers AutoencoderKL there (expected {p / 'config.json'} "
+            "and its weights). Save one with AutoencoderKL.save_pretrained(), or set pretrained_path: null to train one "
+            "on your training split."
+        )
+    vae = AutoencoderKL.from_pretrained(str(p), local_files_only=True)
+    if vae.config.in_channels != channels:
+        raise ValueError(
+            f"pretrained autoencoder at {p} takes {vae.config.in_channels}-channel images but the data has {channels}; "
+            f"set data.channels: {vae.config.in_channels}"
+        )
+    return vae
+

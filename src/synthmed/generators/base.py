@@ -1,0 +1,120 @@
+"""The interface every synthmed generator implements, and atomic checkpoint files.
+
+A generator is trained on one training split and remembers that split's fingerprint in
+every checkpoint, so later steps (evaluation, downstream) can refuse to score it on the
+images it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from synthmed.data.dataset import ImageDataset
+
+
+class GeneratorError(RuntimeError):
+    """A generator was used wrongly (sampled before fit, unknown class, ...)."""
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a killed run never
+    leaves a half-written checkpoint behind."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj, path: str | os.PathLike) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def counts_to_labels(counts: Mapping[int, int] | Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
+    """Accept {class: n}, [n_0, n_1, ...] per class, or an explicit label array of length N.
+
+    A sequence whose length equals num_classes is read as per-class counts; to pass explicit
+    labels of that exact length use a numpy int array with ``ndim == 1`` wrapped as
+    ``{"labels": array}`` -- or simply a dict of counts.
+    """
+    if isinstance(counts, Mapping):
+        if "labels" in counts:
+            labels = np.asarray(counts["labels"], dtype=np.int64)
+        else:
+            labels = np.concatenate(
+                [np.full(int(n), int(c), dtype=np.int64) for c, n in sorted(counts.items())] or [np.zeros(0, np.int64)]
+            )
+    else:
+        arr = np.asarray(counts, dtype=np.int64)
+        if arr.ndim == 1 and len(arr) == num_classes:
+            labels = np.repeat(np.arange(num_classes), arr)
+        else:
+            labels = arr.reshape(-1)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise GeneratorError(f"class index out of range 0..{num_classes - 1}: {sorted(set(labels.tolist()))}")
+    return labels
+
+
+class Generator(ABC):
+    """fit on a training split, sample per class, save/load, resume."""
+
+    #: registry name, e.g. "diffusion"
+    kind: str = "generator"
+
+    @abstractmethod
+    def fit(self, train: ImageDataset, val: ImageDataset | None = None, *, resume: bool = True) -> dict:
+        """Train on ``train`` only (``val`` may be used for monitoring, never for fitting).
+        Returns a history dict (loss curve, timings)."""
+
+    @abstractmethod
+    def sample(self, counts, *, guidance: float | None = None, seed: int = 0, batch_size: int | None = None) -> ImageDataset:
+        """Generate images. ``counts``: {class: n}, per-class list, or labels (see counts_to_labels)."""
+
+    @abstractmethod
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write a self-describing checkpoint folder (config + weights + provenance)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: str | os.PathLike, device: str | None = None) -> "Generator":
+        """Rebuild a generator saved by :meth:`save`."""
+
+    # Provenance every generator carries (set by fit, saved by save).
+    train_fingerprint: str | None = None
+    train_image_hashes: set[str] | None = None
+    class_names: list[str] | None = None

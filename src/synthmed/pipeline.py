@@ -1,0 +1,296 @@
+"""The end-to-end run: data -> train -> sample -> quick evaluation -> quick downstream -> report.
+
+Each step is a function the CLI verbs call on their own too. A run folder::
+
+    runs/<name>/
+      config.yaml        resolved config (defaults <- preset <- file <- --set)
+      run.json           synthmed/torch versions, seed, device, data fingerprints, timings
+      data.json          what data was used: source, split policy, counts per class and split
+      checkpoints/       resumable training state (atomic writes)
+      generator/         the trained generator (checkpoint + generator.json)
+      samples/           synthetic images: <class>/*.png, images.npz, manifest.csv, info.json
+      metrics.json       conditional accuracy + downstream comparison (raw numbers)
+      report.html        self-contained report
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import synthmed
+from synthmed.config import RunConfig, save_config
+from synthmed.data.dataset import DataSplits, ImageDataset
+from synthmed.data.export import load_image_set, save_image_set
+from synthmed.generators.base import atomic_write_json
+from synthmed.generators.diffusion import DiffusionGenerator, load_generator
+from synthmed.runtime import resolve_device, seed_everything, set_threads
+
+# Below these, a number still gets computed but the report says how little it means.
+MIN_TRAIN_PER_CLASS = 50
+MIN_TEST_PER_CLASS = 30
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.name
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[synthmed] {msg}", flush=True)
+
+
+def prepare(cfg: RunConfig) -> tuple[Path, str]:
+    """Create the run folder, write the resolved config, set threads/seed; return (dir, device)."""
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    device = resolve_device(cfg.device)
+    threads = set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    import torch
+
+    info_path = out / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info.update({
+        "synthmed_version": synthmed.__version__, "torch_version": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "device": device, "threads": threads, "seed": cfg.seed, "preset": cfg.preset,
+    })
+    atomic_write_json(info, info_path)
+    return out, device
+
+
+def _update_run_info(out: Path, **values) -> None:
+    path = out / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    for k, v in values.items():
+        if isinstance(v, dict) and isinstance(info.get(k), dict):
+            info[k].update(v)
+        else:
+            info[k] = v
+    atomic_write_json(info, path)
+
+
+def data_warnings(splits: DataSplits) -> list[str]:
+    out = []
+    for name, n in zip(splits.class_names, splits.train.class_counts()):
+        if n < MIN_TRAIN_PER_CLASS:
+            out.append(f"class '{name}' has only {n} training images: generators memorise small classes easily; "
+                       "check samples against the training images")
+    for name, n in zip(splits.class_names, splits.test.class_counts()):
+        if n < MIN_TEST_PER_CLASS:
+            out.append(f"class '{name}' has only {n} test images: its per-class accuracy has a wide confidence "
+                       f"interval (one image = {1 / max(n, 1):.0%})")
+    return out
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def step_data(cfg: RunConfig, out: Path, *, download: bool = False, quiet: bool = False) -> DataSplits:
+    from synthmed.data.sources import load_dataset
+
+    t0 = time.time()
+    splits = load_dataset(cfg.data, download=download)
+    summary = splits.summary()
+    atomic_write_json(summary, out / "data.json")
+    _update_run_info(out, data_fingerprints={s: summary[s]["fingerprint"] for s in ("train", "val", "test")},
+                     timings={"data": time.time() - t0})
+    _log(f"data: {splits.source} ({splits.split_policy}); train {len(splits.train)}, val {len(splits.val)}, "
+         f"test {len(splits.test)}; classes {splits.class_names}", quiet)
+    return splits
+
+
+def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, resume: bool = True,
+               quiet: bool = False) -> DiffusionGenerator:
+    train = splits.train
+    gen = DiffusionGenerator(cfg.generator, image_size=train.image_size, channels=train.channels,
+                             class_names=train.class_names, device=device, seed=cfg.seed)
+    _log(f"train: {cfg.generator.space}-space diffusion, {sum(p.numel() for p in gen.unet.parameters()):,} parameters, "
+         f"{cfg.generator.train_steps} steps of batch {cfg.generator.batch_size} on {device}", quiet)
+    hist = gen.fit(train, splits.val, resume=resume, checkpoint_dir=out / "checkpoints", progress=not quiet)
+    gen.save(out / "generator")
+    _update_run_info(out, timings={"train": hist["train_seconds"]})
+    _log(f"train: done in {hist['train_seconds']:.0f} s ({hist['images_per_second']:.0f} images/s), "
+         f"final loss {hist['loss_curve'][-1][1]:.4f}" if hist["loss_curve"] else "train: done", quiet)
+    return gen
+
+
+def sample_counts(cfg: RunConfig, train: ImageDataset) -> list[int]:
+    if cfg.samples_per_class is None:
+        return train.class_counts()
+    return [int(cfg.samples_per_class)] * train.num_classes
+
+
+def step_sample(cfg: RunConfig, out: Path, gen, counts: list[int], *, guidance: float | None = None,
+                seed: int | None = None, folder: Path | None = None, quiet: bool = False) -> ImageDataset:
+    # sampling seed differs from the training seed so sampling noise is not the training noise stream
+    seed = cfg.seed + 1 if seed is None else seed
+    syn = gen.sample(counts, guidance=guidance, seed=seed, progress=not quiet)
+    folder = folder or out / "samples"
+    save_image_set(syn, folder)
+    _update_run_info(out, timings={"sample": syn.meta["seconds"]})
+    _log(f"sample: {len(syn)} images ({syn.meta['sampler']}, {syn.meta['steps']} steps, guidance "
+         f"{syn.meta['guidance']}) in {syn.meta['seconds']:.0f} s -> {folder}", quiet)
+    return syn
+
+
+def step_evaluate(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: ImageDataset, device: str,
+                  *, quiet: bool = False) -> dict:
+    """Quick evaluation: conditional accuracy by a judge trained on the real training split."""
+    from synthmed.classifiers import train_classifier
+    from synthmed.metrics.conditional_accuracy import conditional_accuracy
+
+    t0 = time.time()
+    judge = train_classifier(splits.train, splits.val, cfg.evaluate.judge, seed=cfg.seed, device=device)
+    judge.save(out / "judge.pt")
+    ca = conditional_accuracy(judge, synthetic, splits.test)
+    ca["seconds"] = time.time() - t0
+    _update_run_info(out, timings={"evaluate": ca["seconds"]})
+    _log(f"evaluate: conditional accuracy {ca['accuracy']['accuracy']:.3f} (chance {ca['chance']:.3f}; judge's "
+         f"accuracy on real test images {ca['real_test']['accuracy']:.3f})", quiet)
+    return ca
+
+
+def step_downstream(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: ImageDataset, device: str,
+                    generator_fingerprint: str | None, *, quiet: bool = False) -> dict:
+    from synthmed.downstream.quick import real_vs_augmented
+
+    t0 = time.time()
+    res = real_vs_augmented(splits, synthetic, cfg.downstream, device=device,
+                            generator_fingerprint=generator_fingerprint)
+    res["seconds"] = time.time() - t0
+    _update_run_info(out, timings={"downstream": res["seconds"]})
+    d = res["difference"]["balanced_accuracy"]
+    _log(f"downstream: balanced accuracy real {res['summary']['real']['balanced_accuracy']['mean']:.3f} vs "
+         f"real+synthetic {res['summary']['augmented']['balanced_accuracy']['mean']:.3f} "
+         f"(paired difference {d['mean']:+.3f} over {len(res['seeds'])} seeds)", quiet)
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> dict:
+    """Shape the raw run outputs into the sections the HTML report renders."""
+    view: dict = {
+        "title": f"synthmed run '{cfg_dict.get('name')}'",
+        "run_name": cfg_dict.get("name"),
+        "synthmed_version": run_info.get("synthmed_version"),
+        "device": f"{run_info.get('device')} ({run_info.get('threads')} threads, torch {run_info.get('torch_version')})",
+        "seeds": {"run": cfg_dict.get("seed"), "downstream": cfg_dict.get("downstream", {}).get("seeds")},
+        "data": data,
+        "config": cfg_dict,
+        "timings": run_info.get("timings", {}),
+        "warnings": list(metrics.get("warnings", [])),
+    }
+    g = metrics.get("generator")
+    if g:
+        view["generator"] = {
+            "kind": "class-conditional diffusion (diffusers UNet2DModel)", "space": g.get("space"),
+            "num_parameters": g.get("num_parameters"), "train_steps": g.get("train_steps"),
+            "train_seconds": g.get("train_seconds"), "images_per_second": g.get("images_per_second"),
+            "loss_curve": g.get("loss_curve"), "train_fingerprint": g.get("train_fingerprint"),
+            "autoencoder": g.get("autoencoder"), "config": cfg_dict.get("generator"),
+        }
+    s = metrics.get("sampling")
+    if s:
+        view["sampling"] = s
+    ca = metrics.get("conditional_accuracy")
+    if ca:
+        judge = ca["judge"]
+        real = ca.get("real_test") or {}
+        view["conditional_accuracy"] = {
+            "judge": {
+                "arch": judge["arch"], "trained_on": "real training split", "train_fingerprint": judge["trained_on_fingerprint"],
+                "num_train_images": judge["n_train"], "real_test_accuracy": real.get("accuracy"),
+                "real_test_accuracy_per_class": {c: e.get("real_accuracy") for c, e in ca["per_class"].items()},
+            },
+            "overall": ca["accuracy"]["accuracy"],
+            "per_class": {c: {"accuracy": e["accuracy"], "n": e["n"]} for c, e in ca["per_class"].items()},
+            "chance": ca["chance"],
+        }
+    d = metrics.get("downstream")
+    if d:
+        arm_names = {"real": "real only", "augmented": "real + synthetic"}
+        view["downstream"] = {
+            "classifier": d["classifier"], "seeds": d["seeds"], "n_test": d["n_test"],
+            "test_split": "real test split", "std": d["std"],
+            "arms": {arm_names[a]: {"composition": d["composition"][a], "metrics": d["summary"][a]}
+                     for a in ("real", "augmented")},
+            "paired_difference": d["difference"],
+        }
+    return view
+
+
+def step_report(out: Path, splits: DataSplits | None = None, synthetic: ImageDataset | None = None,
+                *, quiet: bool = False) -> Path:
+    """(Re)render report.html from the files in a run folder."""
+    import yaml
+
+    from synthmed.report.html import write_report
+
+    cfg_dict = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+    run_info = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    data = json.loads((out / "data.json").read_text()) if (out / "data.json").is_file() else {}
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+    if synthetic is None and (out / "samples" / "images.npz").is_file():
+        synthetic = load_image_set(out / "samples")
+    path = write_report(out / "report.html", report_view(cfg_dict, run_info, data, metrics),
+                        real=splits.train if splits is not None else None, synthetic=synthetic)
+    _log(f"report: {path.resolve()}", quiet)
+    return path
+
+
+# --------------------------------------------------------------------------- whole run
+
+
+def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: bool = False) -> Path:
+    t_start = time.time()
+    out, device = prepare(cfg)
+    _log(f"run '{cfg.name}' -> {out.resolve()} (device {device})", quiet)
+    splits = step_data(cfg, out, download=download, quiet=quiet)
+    gen = step_train(cfg, out, splits, device, resume=resume, quiet=quiet)
+    synthetic = step_sample(cfg, out, gen, sample_counts(cfg, splits.train), quiet=quiet)
+    ca = step_evaluate(cfg, out, splits, synthetic, device, quiet=quiet)
+    down = step_downstream(cfg, out, splits, synthetic, device, gen.train_fingerprint, quiet=quiet)
+    h = gen.history
+    metrics = {
+        "generator": {
+            "space": cfg.generator.space, "num_parameters": h["num_parameters"], "train_steps": h["train_steps"],
+            "train_seconds": h["train_seconds"], "images_per_second": h["images_per_second"],
+            "loss_curve": h["loss_curve"], "train_fingerprint": gen.train_fingerprint,
+            "precision": h["precision"], "frozen_parameters": h.get("frozen_parameters", []),
+            "autoencoder": h.get("autoencoder"),
+        },
+        "sampling": {
+            "sampler": synthetic.meta["sampler"], "steps": synthetic.meta["steps"], "guidance": synthetic.meta["guidance"],
+            "num_per_class": dict(zip(synthetic.class_names, synthetic.class_counts())),
+            "seconds": synthetic.meta["seconds"], "images_per_second": synthetic.meta["images_per_second"],
+        },
+        "conditional_accuracy": ca,
+        "downstream": down,
+        "warnings": data_warnings(splits) + [str(w) for w in _generator_warnings(h)],
+    }
+    atomic_write_json(metrics, out / "metrics.json")
+    _update_run_info(out, timings={"total": time.time() - t_start})
+    step_report(out, splits, synthetic, quiet=quiet)
+    _log(f"done in {time.time() - t_start:.0f} s", quiet)
+    return out
+
+
+def _generator_warnings(history: dict) -> list[str]:
+    frozen = history.get("frozen_parameters") or []
+    if frozen:
+        return [f"{len(frozen)} generator parameter tensors never changed during training (e.g. {frozen[:2]})"]
+    return []
+
+
+def load_run_generator(out: Path, device: str = "cpu"):
+    return load_generator(out / "generator", device=device)
+
+
+__all__ = ["run", "prepare", "step_data", "step_train", "step_sample", "step_evaluate", "step_downstream",
+           "step_report", "report_view", "load_run_generator"]

@@ -1,0 +1,703 @@
+"""One self-contained HTML report per run: what data went in, how the generator trained, what
+the synthetic images look like, whether they are recognisable and whether they help.
+
+Everything is inline (CSS, base64 PNGs, SVG charts) so the file can be mailed or archived and
+opens in any browser without a network connection or JavaScript. Each section is drawn only
+when its key is in ``results``; a section that fails to draw is replaced by a short notice
+rather than losing the whole report at the end of a long run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+from html import escape
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import yaml
+
+import synthmed
+from synthmed.data.dataset import ImageDataset
+from synthmed.report.figures import bar_chart_svg, class_strip, line_chart_svg, png_base64
+
+log = logging.getLogger(__name__)
+
+# Below this many seeds a mean ± std across seeds says little about the true spread.
+MIN_SEEDS_FOR_EVIDENCE = 5
+# Images per class shown in the real-vs-synthetic comparison: two strips of this many fit
+# side by side in the page width at 2x scale for 28-32 px images.
+IMAGES_PER_CLASS_SHOWN = 6
+
+CSS = """
+:root { --fg:#1d1d1f; --muted:#5f6368; --line:#d0d4d9; --bg-soft:#f5f7fa; --accent:#0b5cad; }
+* { box-sizing: border-box; }
+body { margin: 0; padding: 24px; color: var(--fg); background: #fff;
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; }
+main { max-width: 1100px; margin: 0 auto; }
+h1 { font-size: 1.8em; margin: 0 0 4px; }
+h2 { font-size: 1.3em; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 1.05em; margin: 18px 0 6px; }
+p { margin: 6px 0 10px; }
+.meta { color: var(--muted); font-size: 0.9em; margin-bottom: 16px; }
+.meta span + span::before { content: " · "; }
+.box { background: var(--bg-soft); border: 1px solid var(--line); border-radius: 6px; padding: 12px 16px; margin: 12px 0; }
+.box h2 { border: 0; margin-top: 0; font-size: 1.15em; }
+.warnings { background: #fff4e5; border: 1px solid #f0a33a; border-left: 6px solid #e07b00;
+  border-radius: 6px; padding: 10px 16px; margin: 16px 0; }
+.warnings h2 { border: 0; margin: 0 0 4px; font-size: 1.15em; color: #8a4b00; }
+.warnings ul { margin: 4px 0; padding-left: 20px; }
+.error { background: #fdecea; border: 1px solid #e0a0a0; border-radius: 6px; padding: 8px 14px; }
+.verdict { background: #eef5fc; border-left: 5px solid var(--accent); padding: 8px 14px; margin: 12px 0; }
+table { border-collapse: collapse; margin: 8px 0 14px; font-size: 0.92em; }
+th, td { border: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: var(--bg-soft); font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.total td { font-weight: 600; background: #fafbfc; }
+table.kv th { width: 210px; }
+.grid-table td { vertical-align: middle; }
+.grid-table img { display: block; }
+figure { margin: 14px 0; }
+figcaption { color: var(--muted); font-size: 0.88em; margin-top: 4px; max-width: 900px; }
+img.pixels { image-rendering: pixelated; max-width: 100%; height: auto; }
+svg { max-width: 100%; height: auto; }
+.charts { display: flex; flex-wrap: wrap; gap: 12px 24px; align-items: flex-start; }
+pre { background: var(--bg-soft); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px;
+  overflow-x: auto; font-size: 0.85em; line-height: 1.35; }
+code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.92em; }
+.muted { color: var(--muted); }
+details > summary { cursor: pointer; color: var(--accent); }
+"""
+
+
+# =====================================================================================
+# formatting
+# =====================================================================================
+def _e(value: Any) -> str:
+    """Escape anything for HTML text or attribute use."""
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    """Numbers for tables: thousands separators for counts, ~4 significant digits otherwise."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if not math.isfinite(f):
+            return str(f)
+        if f == int(f) and abs(f) < 1e15:
+            return f"{int(f):,}"
+        if abs(f) >= 1000:
+            return f"{f:,.0f}"
+        return f"{f:.{digits}g}"
+    return str(v)
+
+
+def _frac(v: Any) -> str:
+    """Accuracy-like values in [0, 1] with three decimals."""
+    if v is None:
+        return "–"
+    try:
+        return f"{float(v):.3f}"
+    except (TypeError, ValueError):
+        return _e(v)
+
+
+def _seconds(s: Any) -> str:
+    if not _is_number(s):
+        return _e(s) if s is not None else "–"
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(round(s % 60)):02d} s"
+    return f"{int(s // 3600)} h {int(round(s % 3600 / 60)):02d} min"
+
+
+def _count_params(n: Any) -> str:
+    if not _is_number(n):
+        return _e(n)
+    n = float(n)
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g} {unit} ({int(n):,})"
+    return f"{int(n):,}"
+
+
+def _inline(v: Any) -> str:
+    """A compact, escaped one-line rendering of a scalar, list or small dict."""
+    if isinstance(v, Mapping):
+        return ", ".join(f"{_e(k)}: {_inline(x)}" for k, x in v.items()) or "–"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_inline(x) for x in v) or "–"
+    return _e(_num(v))
+
+
+def _kv_table(rows: list[tuple[str, str]]) -> str:
+    """Two-column table; values must already be escaped HTML."""
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{body}</table>'
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: set[int] | None = None,
+           total_last: bool = False) -> str:
+    """A table from escaped cell HTML; columns in ``numeric`` are right-aligned."""
+    numeric = numeric or set()
+
+    def cls(i: int) -> str:
+        return ' class="num"' if i in numeric else ""
+
+    head = "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header))
+    body = []
+    for r, row in enumerate(rows):
+        tr = ' class="total"' if total_last and r == len(rows) - 1 else ""
+        body.append(f"<tr{tr}>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _inline_svg(svg: str) -> str:
+    # inside HTML the svg element needs no namespace, and dropping it keeps the file free of
+    # any http:// text, which makes "no external resources" easy to check
+    return svg.replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)
+
+
+def _figure(content: str, caption: str = "") -> str:
+    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f"<figure>{content}{cap}</figure>"
+
+
+def _img(array: np.ndarray, alt: str) -> str:
+    return f'<img class="pixels" alt="{_e(alt)}" src="data:image/png;base64,{png_base64(array)}">'
+
+
+def _yaml(data: Any) -> str:
+    def plain(x: Any) -> Any:
+        # configs may hold numpy scalars, paths or dataclasses; YAML-dump their plain form
+        if isinstance(x, Mapping):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, (np.integer,)):
+            return int(x)
+        if isinstance(x, (np.floating,)):
+            return float(x)
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        return str(x)
+
+    return yaml.safe_dump(plain(data), sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+# =====================================================================================
+# sections
+# =====================================================================================
+def _section_header(results: dict) -> str:
+    title = results.get("title") or "synthmed report"
+    created = results.get("created") or _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
+    version = results.get("synthmed_version") or synthmed.__version__
+    run_name = results.get("run_name") or results.get("name")
+    meta = [f"<span>created {_e(created)}</span>", f"<span>synthmed {_e(version)}</span>"]
+    if run_name:
+        meta.insert(0, f"<span>run <b>{_e(run_name)}</b></span>")
+    return f"<header><h1>{_e(title)}</h1><div class=\"meta\">{''.join(meta)}</div></header>"
+
+
+def _split_counts_table(data: dict) -> str:
+    splits = [s for s in ("train", "val", "test") if isinstance(data.get(s), Mapping)]
+    if not splits:
+        return ""
+    classes: list[str] = []
+    for s in splits:
+        for c in (data[s].get("classes") or {}):
+            if c not in classes:
+                classes.append(c)
+    rows = []
+    for c in classes:
+        counts = [data[s].get("classes", {}).get(c) for s in splits]
+        rows.append([_e(c)] + [_num(n) for n in counts]
+                    + [_num(sum(n for n in counts if _is_number(n)))])
+    totals = [data[s].get("num_images", sum(v for v in (data[s].get("classes") or {}).values() if _is_number(v)))
+              for s in splits]
+    rows.append(["all classes"] + [_num(n) for n in totals] + [_num(sum(n for n in totals if _is_number(n)))])
+    extra = []
+    if any(data[s].get("num_patients") is not None for s in splits):
+        extra.append(["patients"] + [_num(data[s].get("num_patients")) for s in splits])
+    extra.append(["fingerprint"] + [f'<span class="mono">{_e(data[s].get("fingerprint", "–"))}</span>'
+                                    for s in splits])
+    numeric = set(range(1, len(splits) + 2))
+    table = _table(["class"] + splits + ["total"], rows, numeric=numeric, total_last=True)
+    table += _table(["", *splits], extra, numeric=numeric)
+    return table
+
+
+def _section_run_inputs(results: dict) -> str:
+    data = results.get("data") if isinstance(results.get("data"), Mapping) else {}
+    rows: list[tuple[str, str]] = []
+    if data.get("source"):
+        rows.append(("dataset source", _e(data["source"])))
+    if data.get("split_policy"):
+        rows.append(("split policy", _e(data["split_policy"])))
+    shape = next((data[s].get("image_shape") for s in ("train", "val", "test")
+                  if isinstance(data.get(s), Mapping) and data[s].get("image_shape")), None)
+    if shape:
+        dims = list(shape)
+        channels = {1: "grey", 3: "RGB"}.get(dims[-1], f"{dims[-1]} channels") if len(dims) == 3 else ""
+        rows.append(("image size", _e(" × ".join(str(d) for d in dims[:2])) + (f" px, {channels}" if channels else "")))
+    if results.get("device"):
+        rows.append(("device", _inline(results["device"])))
+    if results.get("seeds") is not None:
+        rows.append(("seeds", _inline(results["seeds"])))
+    skipped = [(s, data[s]["skipped"]) for s in ("train", "val", "test")
+               if isinstance(data.get(s), Mapping) and data[s].get("skipped")]
+    for split, sk in skipped:
+        n = len(sk) if isinstance(sk, (list, tuple, Mapping)) else sk
+        rows.append((f"skipped files ({split})", _e(_num(n)) if isinstance(n, int) else _inline(n)))
+    counts = _split_counts_table(data)
+    if not rows and not counts:
+        return ""
+    return ('<section class="box" id="inputs"><h2>What this run used</h2>'
+            + (_kv_table(rows) if rows else "") + counts + "</section>")
+
+
+def _section_warnings(results: dict) -> str:
+    warnings = results.get("warnings") or []
+    if isinstance(warnings, str):
+        warnings = [warnings]
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    return f'<section class="warnings" id="warnings"><h2>⚠ Warnings</h2><ul>{items}</ul></section>'
+
+
+def _section_images(real: ImageDataset | None, synthetic: ImageDataset | None, seed: int = 0) -> str:
+    sets = [(label, ds) for label, ds in (("real (training split)", real), ("synthetic", synthetic))
+            if ds is not None]
+    class_names: list[str] = []
+    for _, ds in sets:
+        for c in ds.class_names:
+            if c not in class_names:
+                class_names.append(c)
+    header = "<th>class</th>" + "".join(f"<th>{_e(label)}</th>" for label, _ in sets)
+    rows = []
+    for c in class_names:
+        cells = [f"<th>{_e(c)}</th>"]
+        for label, ds in sets:
+            if c not in ds.class_names:
+                cells.append('<td class="muted">class not in this set</td>')
+                continue
+            k = ds.class_names.index(c)
+            n = int(np.sum(ds.labels == k))
+            if n == 0:
+                cells.append('<td class="muted">no images</td>')
+                continue
+            # ~64 px per image whatever the native size, so 28 px and 128 px sets both read well
+            scale = max(1, 64 // max(ds.image_size, 1))
+            strip = class_strip(ds, k, per_class=IMAGES_PER_CLASS_SHOWN, seed=seed, scale=scale)
+            shown = min(n, IMAGES_PER_CLASS_SHOWN)
+            cells.append(f"<td>{_img(strip, f'{label} images of class {c}')}"
+                         f'<div class="muted">{shown} of {n:,}</div></td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    table = f'<table class="grid-table"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    drawn_from = "; ".join(f"{_e(label)}: {len(ds):,} images ({_e(_count_summary(ds))})" for label, ds in sets)
+    caption = (f"Each row shows up to {IMAGES_PER_CLASS_SHOWN} images of one class, picked at random "
+               f"(seed {seed}). Drawn from {drawn_from}.")
+    intro = ("<p>Real training images next to synthetic images of the same class. Look for the "
+             "class-defining features, for artefacts, and for synthetic images that are near copies "
+             "of the real ones.</p>")
+    return f'<section id="images"><h2>Real vs synthetic images</h2>{intro}{_figure(table, caption)}</section>'
+
+
+def _count_summary(ds: ImageDataset) -> str:
+    return ", ".join(f"{c} {n:,}" for c, n in zip(ds.class_names, ds.class_counts()))
+
+
+def _section_extra_grids(extra_grids: dict[str, np.ndarray]) -> str:
+    # each grid on its own, so one bad array costs only its own figure
+    figs = [_safe(f"grid {name!r}", lambda n=name, a=arr: _figure(_img(np.asarray(a), str(n)), _e(n)))
+            for name, arr in extra_grids.items()]
+    return f'<section id="more-images"><h2>More image grids</h2>{"".join(figs)}</section>'
+
+
+def _moving_average(points: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
+    ys = np.array([p[1] for p in points], dtype=float)
+    kernel = np.ones(window) / window
+    smooth = np.convolve(ys, kernel, mode="valid")
+    # each mean is drawn at the centre of its window, so the smoothed curve does not lag the raw one
+    start = (window - 1) // 2
+    xs = [p[0] for p in points][start : start + len(smooth)]
+    return list(zip(xs, smooth.tolist()))
+
+
+def _loss_chart(curve: Any, title: str) -> str:
+    points = [(float(p[0]), float(p[1])) for p in (curve or []) if p is not None and len(p) >= 2]
+    series: dict[str, list[tuple[float, float]]] = {"loss": points}
+    styles: dict[str, dict] = {}
+    if len(points) >= 50:
+        # per-step losses of diffusion models are very noisy; the running mean shows the trend
+        window = max(5, len(points) // 25)
+        series = {"loss (per logged step)": points, f"running mean ({window} points)": _moving_average(points, window)}
+        styles = {"loss (per logged step)": {"color": "#9cc3e4", "width": 1.0},
+                  f"running mean ({window} points)": {"color": "#0b3d91", "width": 2.2}}
+    # two charts of this width fit side by side in the page
+    return _inline_svg(line_chart_svg(series, title, "training step", "loss", log_y=True, styles=styles,
+                                      width=530, height=320))
+
+
+def _section_generator(g: dict) -> str:
+    charts = [_loss_chart(g.get("loss_curve"), "Generator training loss")]
+    ae = g.get("autoencoder") if isinstance(g.get("autoencoder"), Mapping) else None
+    if ae and ae.get("loss_curve"):
+        charts.append(_loss_chart(ae["loss_curve"], "Autoencoder training loss"))
+    rows: list[tuple[str, str]] = []
+    known = {
+        "kind": ("generator", _e),
+        "space": ("works in", _e),
+        "num_parameters": ("parameters", _count_params),
+        "train_steps": ("training steps", _num),
+        "train_seconds": ("training time", _seconds),
+        "images_per_second": ("training throughput", lambda v: f"{_num(v)} images/s"),
+        "train_fingerprint": ("trained on split", lambda v: f'<span class="mono">{_e(v)}</span>'),
+    }
+    for key, (label, fmt) in known.items():
+        if g.get(key) is not None:
+            rows.append((label, fmt(g[key])))
+    if ae:
+        rec = ae.get("reconstruction") or {}
+        if rec:
+            parts = []
+            if rec.get("mse") is not None:
+                parts.append(f"MSE {_num(rec['mse'])}")
+            if rec.get("psnr") is not None:
+                parts.append(f"PSNR {_num(rec['psnr'])} dB")
+            parts += [f"{_e(k)} {_num(v)}" for k, v in rec.items() if k not in ("mse", "psnr")]
+            rows.append(("autoencoder reconstruction", ", ".join(parts)))
+        for k, v in ae.items():
+            if k not in ("reconstruction", "loss_curve") and not isinstance(v, (Mapping, list)):
+                rows.append((f"autoencoder {k.replace('_', ' ')}", _e(_num(v))))
+    skip = set(known) | {"loss_curve", "autoencoder", "config"}
+    for k, v in g.items():
+        if k not in skip and v is not None and not isinstance(v, (Mapping, list)):
+            rows.append((k.replace("_", " "), _e(_num(v))))
+    config = ""
+    if g.get("config"):
+        config = f"<details><summary>generator config</summary><pre>{_e(_yaml(g['config']))}</pre></details>"
+    caption = ("Training loss on a log scale; with many logged steps the light line is the loss as logged "
+               "and the dark line its running mean.")
+    return ('<section id="generator"><h2>Generator training</h2>'
+            + _figure(f'<div class="charts">{"".join(charts)}</div>', caption)
+            + _kv_table(rows) + config + "</section>")
+
+
+def _section_sampling(s: dict) -> str:
+    rows: list[tuple[str, str]] = []
+    for key, label in (("sampler", "sampler"), ("steps", "sampling steps"), ("guidance", "guidance scale")):
+        if s.get(key) is not None:
+            rows.append((label, _e(_num(s[key]))))
+    per_class = s.get("num_per_class")
+    if isinstance(per_class, Mapping) and per_class:
+        total = sum(v for v in per_class.values() if _is_number(v))
+        rows.append(("images generated", f"{_num(total)} ({_inline(per_class)})"))
+    if s.get("seconds") is not None:
+        rows.append(("sampling time", _seconds(s["seconds"])))
+    if s.get("images_per_second") is not None:
+        rows.append(("sampling throughput", f"{_num(s['images_per_second'])} images/s"))
+    done = {"sampler", "steps", "guidance", "num_per_class", "seconds", "images_per_second"}
+    for k, v in s.items():
+        if k not in done and v is not None and not isinstance(v, (Mapping, list)):
+            rows.append((k.replace("_", " "), _e(_num(v))))
+    return f'<section id="sampling"><h2>Sampling</h2>{_kv_table(rows)}</section>'
+
+
+def _section_conditional_accuracy(ca: dict) -> str:
+    judge = ca.get("judge") if isinstance(ca.get("judge"), Mapping) else {}
+    per_class = ca.get("per_class") if isinstance(ca.get("per_class"), Mapping) else {}
+    real_per_class = judge.get("real_test_accuracy_per_class") or {}
+    chance = ca.get("chance")
+    explain = (
+        "<p>The <b>conditional accuracy</b> of class <i>c</i> is the fraction of synthetic images "
+        "generated for class <i>c</i> that a classifier (the <i>judge</i>), trained only on the real "
+        "training split, assigns to class <i>c</i>. Read it next to the judge's accuracy on real test "
+        "images of the same class, which is roughly the best a synthetic class can score with this judge: "
+        "close to it means the synthetic images carry the class's features as clearly as real ones; "
+        "close to chance means the generator ignores the class label. A high score alone does not "
+        "show that the images are realistic or varied.</p>"
+    )
+    judge_rows: list[tuple[str, str]] = []
+    for key, label in (("arch", "judge architecture"), ("trained_on", "trained on"),
+                       ("num_train_images", "training images")):
+        if judge.get(key) is not None:
+            judge_rows.append((label, _e(_num(judge[key]))))
+    if judge.get("train_fingerprint"):
+        judge_rows.append(("training split fingerprint", f'<span class="mono">{_e(judge["train_fingerprint"])}</span>'))
+    if judge.get("real_test_accuracy") is not None:
+        judge_rows.append(("judge accuracy on real test images", _frac(judge["real_test_accuracy"])))
+
+    rows = []
+    chart_syn, chart_real, groups = [], [], []
+    for c, entry in per_class.items():
+        entry = entry if isinstance(entry, Mapping) else {"accuracy": entry}
+        acc = entry.get("accuracy")
+        real_acc = real_per_class.get(c)
+        note = ""
+        if _is_number(acc) and _is_number(chance) and acc <= chance:
+            note = "at or below chance"
+        elif _is_number(acc) and _is_number(real_acc) and real_acc > 0:
+            note = f"{acc / real_acc:.0%} of the judge's real-image accuracy"
+        rows.append([_e(c), _num(entry.get("n")), _frac(acc), _frac(real_acc), _frac(chance), _e(note)])
+        groups.append(str(c))
+        chart_syn.append((acc, None) if _is_number(acc) else None)
+        chart_real.append((real_acc, None) if _is_number(real_acc) else None)
+    if ca.get("overall") is not None:
+        n_all = sum(e.get("n", 0) for e in per_class.values() if isinstance(e, Mapping) and _is_number(e.get("n")))
+        rows.append(["all classes", _num(n_all) if n_all else "–", _frac(ca["overall"]),
+                     _frac(judge.get("real_test_accuracy")), _frac(chance), ""])
+        groups.append("all classes")
+        chart_syn.append((ca["overall"], None))
+        real_overall = judge.get("real_test_accuracy")
+        chart_real.append((real_overall, None) if _is_number(real_overall) else None)
+    table = _table(["class", "synthetic images", "conditional accuracy (synthetic)",
+                    "judge accuracy (real test)", "chance", "note"], rows,
+                   numeric={1, 2, 3, 4}, total_last=ca.get("overall") is not None)
+    chart = ""
+    if groups:
+        series = {"synthetic (conditional accuracy)": chart_syn, "real test images (judge accuracy)": chart_real}
+        svg = bar_chart_svg(groups, series, "Is each synthetic class recognised as that class?", "accuracy",
+                            y_max=1.0, reference=(float(chance), f"chance {float(chance):.2f}")
+                            if _is_number(chance) else None)
+        chart = _figure(_inline_svg(svg), "Bars: fraction classified as the intended class. Dashed line: chance.")
+    return ('<section id="conditional-accuracy"><h2>Are the synthetic images class-recognisable?</h2>'
+            + explain + (_kv_table(judge_rows) if judge_rows else "") + table + chart + "</section>")
+
+
+def _mean_std(entry: Any) -> str:
+    if not isinstance(entry, Mapping):
+        return _frac(entry) if _is_number(entry) else "–"
+    mean, std = entry.get("mean"), entry.get("std")
+    if mean is None:
+        return "–"
+    return _frac(mean) + (f" ± {_frac(std)}" if _is_number(std) else "")
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.3f}"
+
+
+def downstream_verdict(down: dict) -> str:
+    """A plain-language, deliberately cautious reading of the paired difference (plain text)."""
+    diffs = down.get("paired_difference") if isinstance(down.get("paired_difference"), Mapping) else {}
+    metric = next((m for m in ("balanced_accuracy", "accuracy", "macro_f1") if isinstance(diffs.get(m), Mapping)),
+                  next((m for m in diffs if isinstance(diffs[m], Mapping)), None))
+    if metric is None:
+        return "No paired difference between the arms was recorded, so no verdict is given."
+    d = diffs[metric]
+    values = [float(v) for v in (d.get("values") or []) if _is_number(v)]
+    seeds = down.get("seeds")
+    n = len(values) or (len(seeds) if isinstance(seeds, (list, tuple)) else 0)
+    mean = d.get("mean", float(np.mean(values)) if values else None)
+    std = d.get("std", float(np.std(values, ddof=1)) if len(values) > 1 else None)
+    name = metric.replace("_", " ")
+    if not _is_number(mean):
+        return f"The paired difference in {name} is missing, so no verdict is given."
+    mean = float(mean)
+    arms = list((down.get("arms") or {}).keys())
+    change = f"adding synthetic images ({arms[-1]} vs {arms[0]})" if len(arms) >= 2 else "adding synthetic images"
+    if n < 2 or not _is_number(std):
+        return (f"With a single seed, {change} changed {name} by {_signed(mean)}; one run cannot separate "
+                "an effect from run-to-run noise, so treat this as anecdotal.")
+    std = float(std)
+    positive = sum(v > 0 for v in values)
+    negative = sum(v < 0 for v in values)
+    if abs(mean) <= std:
+        text = (f"No clear effect: the mean paired difference in {name} ({_signed(mean)}) is not larger than "
+                f"its seed-to-seed standard deviation ({std:.3f}) over {n} seeds.")
+    else:
+        direction = "improved" if mean > 0 else "lowered"
+        consistent = positive if mean > 0 else negative
+        text = (f"{change[0].upper() + change[1:]} {direction} {name} by {_signed(mean)} on average, more than "
+                f"the seed-to-seed standard deviation ({std:.3f}); it went the same way in {consistent} of "
+                f"{n} seeds.")
+    if n < MIN_SEEDS_FOR_EVIDENCE:
+        text += (f" With only {n} seeds this evidence is weak; run at least {MIN_SEEDS_FOR_EVIDENCE} seeds "
+                 "before relying on it.")
+    n_test = down.get("n_test")
+    if _is_number(n_test) and n_test > 0:
+        text += f" For scale: on {int(n_test):,} test images, one image is {1 / n_test:.3f} of accuracy."
+    return text
+
+
+def diff_label_plain(arm_names: list[str]) -> str:
+    # the paired difference is taken as last arm minus first arm (the augmented arm minus the baseline)
+    return f"paired difference ({arm_names[-1]} − {arm_names[0]})" if len(arm_names) >= 2 else "paired difference"
+
+
+def _section_downstream(down: dict) -> str:
+    arms = down.get("arms") if isinstance(down.get("arms"), Mapping) else {}
+    diffs = down.get("paired_difference") if isinstance(down.get("paired_difference"), Mapping) else {}
+    metrics: list[str] = []
+    for arm in arms.values():
+        for m in (arm.get("metrics") or {}) if isinstance(arm, Mapping) else {}:
+            if m not in metrics:
+                metrics.append(m)
+    arm_names = list(arms)
+    diff_label = _e(diff_label_plain(arm_names))
+    header = ["metric"] + [_e(a) for a in arm_names] + ([diff_label] if diffs else [])
+    rows = []
+    for m in metrics:
+        row = [_e(m.replace("_", " "))]
+        row += [_mean_std((arms[a].get("metrics") or {}).get(m)) for a in arm_names]
+        if diffs:
+            d = diffs.get(m)
+            if isinstance(d, Mapping) and _is_number(d.get("mean")):
+                row.append(_signed(float(d["mean"])) + (f" ± {_frac(d['std'])}" if _is_number(d.get("std")) else ""))
+            else:
+                row.append("–")
+        rows.append(row)
+    table = _table(header, rows, numeric=set(range(1, len(header))))
+
+    seeds = down.get("seeds")
+    n_seeds = len(seeds) if isinstance(seeds, (list, tuple)) else None
+    test_split = down.get("test_split", "test")
+    std_kind = down.get("std", "standard deviation")
+    bits = []
+    if n_seeds is not None:
+        bits.append(f"{n_seeds} seed{'s' if n_seeds != 1 else ''} ({_inline(seeds)})")
+    bits.append(f"evaluated on the real {_e(test_split)} split"
+                + (f" (n={_num(down['n_test'])})" if down.get("n_test") is not None else ""))
+    caption = (", ".join(bits) + f". Values are mean ± {_e(std_kind)} across seeds; the paired difference is "
+               "computed per seed (same seed, same real data) and then averaged.")
+
+    chart = ""
+    if metrics and arm_names:
+        series = {}
+        for a in arm_names:
+            entries = []
+            for m in metrics:
+                e = (arms[a].get("metrics") or {}).get(m)
+                entries.append((e.get("mean"), e.get("std")) if isinstance(e, Mapping) else None)
+            series[a] = entries
+        labels = [m.replace("_", " ") for m in metrics]
+        charts = [bar_chart_svg(labels, series, "Classifier scores on the real test split", "score",
+                                y_max=1.0, width=530)]
+        diff_entries = [(diffs[m].get("mean"), diffs[m].get("std")) if isinstance(diffs.get(m), Mapping) else None
+                        for m in metrics]
+        if any(e is not None for e in diff_entries):
+            # on a 0-1 axis a few points of difference are barely visible; this chart zooms in on them
+            charts.append(bar_chart_svg(labels, {diff_label_plain(arm_names): diff_entries},
+                                        "Paired difference per metric", "difference", width=530))
+        chart = _figure(f'<div class="charts">{"".join(_inline_svg(c) for c in charts)}</div>',
+                        "Bars: mean across seeds; error bars: ± one standard deviation across seeds.")
+
+    per_seed = ""
+    if diffs and any(isinstance(d, Mapping) and d.get("values") for d in diffs.values()):
+        n_vals = max(len(d.get("values") or []) for d in diffs.values() if isinstance(d, Mapping))
+        seed_labels = [str(s) for s in seeds] if isinstance(seeds, (list, tuple)) and len(seeds) == n_vals \
+            else [str(i) for i in range(n_vals)]
+        rows_ps = []
+        for m, d in diffs.items():
+            vals = list(d.get("values") or []) if isinstance(d, Mapping) else []
+            rows_ps.append([_e(m.replace("_", " "))] + [_signed(float(v)) if _is_number(v) else "–"
+                                                         for v in vals + [None] * (n_vals - len(vals))])
+        per_seed = ("<h3>Paired difference per seed</h3>"
+                    + _table(["metric"] + [f"seed {_e(s)}" for s in seed_labels], rows_ps,
+                             numeric=set(range(1, n_vals + 1))))
+
+    setup_rows: list[tuple[str, str]] = []
+    if isinstance(down.get("classifier"), Mapping) and down["classifier"]:
+        setup_rows.append(("classifier", _inline(down["classifier"])))
+    for a in arm_names:
+        comp = arms[a].get("composition") if isinstance(arms[a], Mapping) else None
+        if comp:
+            setup_rows.append((f"training data: {a}", _inline(comp)))
+
+    verdict = f'<p class="verdict">{_e(downstream_verdict(down))}</p>'
+    return ('<section id="downstream"><h2>Does synthetic data help a classifier?</h2>'
+            + verdict + _figure(table, caption) + chart + per_seed
+            + ("<h3>Classifier and training data</h3>" + _kv_table(setup_rows) if setup_rows else "")
+            + "</section>")
+
+
+def _section_provenance(results: dict) -> str:
+    parts = []
+    timings = results.get("timings")
+    if isinstance(timings, Mapping) and timings:
+        rows = [[_e(k), _seconds(v)] for k, v in timings.items()]
+        total = sum(float(v) for v in timings.values() if _is_number(v))
+        rows.append(["total", _seconds(total)])
+        parts.append("<h3>Timings</h3>" + _table(["step", "time"], rows, numeric={1}, total_last=True))
+    if results.get("config") is not None:
+        parts.append("<h3>Resolved configuration</h3>"
+                     "<p class=\"muted\">Every setting this run used, defaults included.</p>"
+                     f"<pre>{_e(_yaml(results['config']))}</pre>")
+    return f'<section id="provenance"><h2>Provenance</h2>{"".join(parts)}</section>'
+
+
+def _safe(name: str, render: Callable[[], str]) -> str:
+    """Render one section; if it fails, say so in its place and keep the rest of the report."""
+    try:
+        return render()
+    except Exception as exc:  # noqa: BLE001 - losing the whole report for one bad section is worse
+        log.warning("report section %r could not be drawn: %s", name, exc, exc_info=True)
+        return (f'<section class="error"><b>The {_e(name)} section could not be drawn:</b> '
+                f"{_e(type(exc).__name__)}: {_e(exc)}</section>")
+
+
+# =====================================================================================
+# entry point
+# =====================================================================================
+def render_report(results: dict, real: ImageDataset | None = None, synthetic: ImageDataset | None = None,
+                  extra_grids: dict[str, np.ndarray] | None = None) -> str:
+    """The report as an HTML string (see :func:`write_report`)."""
+    results = results or {}
+    body = [_safe("header", lambda: _section_header(results)),
+            _safe("warnings", lambda: _section_warnings(results)),
+            _safe("run inputs", lambda: _section_run_inputs(results))]
+    if real is not None or synthetic is not None:
+        body.append(_safe("real vs synthetic images", lambda: _section_images(real, synthetic)))
+    if extra_grids:
+        body.append(_safe("more image grids", lambda: _section_extra_grids(extra_grids)))
+    sections: list[tuple[str, str, Callable[[Any], str]]] = [
+        ("generator", "generator training", _section_generator),
+        ("sampling", "sampling", _section_sampling),
+        ("conditional_accuracy", "conditional accuracy", _section_conditional_accuracy),
+        ("downstream", "downstream classifier", _section_downstream),
+    ]
+    for key, name, render in sections:
+        if isinstance(results.get(key), Mapping):
+            body.append(_safe(name, lambda r=render, k=key: r(results[k])))
+    if results.get("config") is not None or results.get("timings"):
+        body.append(_safe("provenance", lambda: _section_provenance(results)))
+    title = results.get("title") or "synthmed report"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_e(title)}</title><style>{CSS}</style></head>\n"
+            f"<body><main>\n{chr(10).join(b for b in body if b)}\n"
+            f'<footer class="meta"><span>generated by synthmed {_e(synthmed.__version__)}</span></footer>'
+            "</main></body></html>\n")
+
+
+def write_report(path: str | Path, results: dict, real: ImageDataset | None = None,
+                 synthetic: ImageDataset | None = None,
+                 extra_grids: dict[str, np.ndarray] | None = None) -> Path:
+    """Write one self-contained HTML report and return its path.
+
+    Sections appear only for the keys present in ``results`` (``title``, ``data``,
+    ``warnings``, ``generator``, ``sampling``, ``conditional_accuracy``, ``downstream``,
+    ``config``, ``timings``; also ``run_name``, ``device``, ``seeds``, ``created``). ``real``
+    and ``synthetic`` add a per-class side-by-side image comparison; ``extra_grids`` adds
+    named uint8 image arrays.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(results, real, synthetic, extra_grids), encoding="utf-8")
+    return path
