@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from synthmed.config import ClassifierConfig
 from synthmed.data.dataset import ImageDataset
@@ -277,7 +278,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         history = {"epoch": [], "train_loss": [], "val_loss": [], "val_acc": []}
         best_loss, best_epoch, best_state, waited = math.inf, -1, None, 0
         stopped_early = False
-        for epoch in range(cfg.epochs):
+        bar = tqdm(range(cfg.epochs), desc=f"classifier ({cfg.arch}, seed {seed})", disable=not progress, leave=False)
+        for epoch in bar:
             model.train()
             perm = torch.randperm(n, generator=gen)
             loss_sum, seen = 0.0, 0
@@ -299,9 +301,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
             history["train_loss"].append(loss_sum / max(seen, 1))
             history["val_loss"].append(val_loss)
             history["val_acc"].append(val_acc)
-            if progress:
-                log.info("epoch %d  train loss %.4f  val loss %.4f  val acc %.3f",
-                         epoch, history["train_loss"][-1], val_loss, val_acc)
+            bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
             if val_loss < best_loss:
                 best_loss, best_epoch, waited = val_loss, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())

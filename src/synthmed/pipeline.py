@@ -144,7 +144,8 @@ def step_evaluate(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: Imag
     from synthmed.metrics.conditional_accuracy import conditional_accuracy
 
     t0 = time.time()
-    judge = train_classifier(splits.train, splits.val, cfg.evaluate.judge, seed=cfg.seed, device=device)
+    judge = train_classifier(splits.train, splits.val, cfg.evaluate.judge, seed=cfg.seed, device=device,
+                             progress=not quiet)
     judge.save(out / "judge.pt")
     ca = conditional_accuracy(judge, synthetic, splits.test)
     ca["seconds"] = time.time() - t0
@@ -160,7 +161,7 @@ def step_downstream(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: Im
 
     t0 = time.time()
     res = real_vs_augmented(splits, synthetic, cfg.downstream, device=device,
-                            generator_fingerprint=generator_fingerprint)
+                            generator_fingerprint=generator_fingerprint, progress=not quiet)
     res["seconds"] = time.time() - t0
     _update_run_info(out, timings={"downstream": res["seconds"]})
     d = res["difference"]["balanced_accuracy"]

@@ -1,0 +1,126 @@
+"""CLI smoke tests of every verb on tiny data, and the one-line error contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthmed.cli import main
+from synthmed.data.export import load_image_set
+
+SHARED_MEDMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
+
+TINY = [
+    "--set", "data.embryo_per_class=[36,24,36]", "--image-size", "16",
+    "--set", "generator.block_out_channels=[16,32]", "--set", "generator.train_steps=6",
+    "--set", "generator.batch_size=16", "--set", "generator.log_every=2", "--set", "generator.sample_steps=3",
+    "--set", "samples_per_class=4", "--set", "downstream.seeds=[0,1]",
+    "--set", "downstream.classifier.epochs=1", "--set", "evaluate.judge.epochs=1",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["demo", "--out", str(out), "--name", "tiny", "--quiet", *TINY]) == 0
+    return out / "tiny"
+
+
+def test_demo_writes_the_run_folder(demo_run):
+    for f in ("config.yaml", "run.json", "data.json", "metrics.json", "report.html", "generator/checkpoint.pt",
+              "samples/images.npz", "samples/manifest.csv", "checkpoints/checkpoint.pt"):
+        assert (demo_run / f).is_file(), f
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert set(metrics["downstream"]["summary"]) == {"real", "augmented"}
+    assert len(metrics["downstream"]["per_seed"]) == 2
+    assert metrics["conditional_accuracy"]["synthetic"]["n"] == 12
+    info = json.loads((demo_run / "run.json").read_text())
+    assert info["data_fingerprints"]["train"] == metrics["generator"]["train_fingerprint"]
+    html = (demo_run / "report.html").read_text()
+    assert "class-recognisable" in html and "help a classifier" in html
+    syn = load_image_set(demo_run / "samples")
+    assert syn.synthetic and syn.class_counts() == [4, 4, 4]
+
+
+def test_sample_and_report_verbs(demo_run, tmp_path, capsys):
+    assert main(["sample", str(demo_run), "--per-class", "2", "--seed", "5", "--out", str(tmp_path / "s"),
+                 "--quiet"]) == 0
+    syn = load_image_set(tmp_path / "s")
+    assert syn.class_counts() == [2, 2, 2] and syn.meta["seed"] == 5
+    (demo_run / "report.html").unlink()
+    assert main(["report", str(demo_run), "--quiet"]) == 0
+    assert (demo_run / "report.html").is_file()
+
+
+def test_train_verb_resumes_finished_run(demo_run, capsys):
+    # same name/out/config: the checkpoint is complete, so training resumes at its last step and stops
+    assert main(["train", "--preset", "demo", "--out", str(demo_run.parent), "--name", "tiny", "--quiet", *TINY]) == 0
+
+
+def _folder_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for cls, value in (("benign", 60), ("malignant", 190)):
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            arr = np.clip(rng.normal(value, 20, (20, 20)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / cls / f"p{i % 6}_{i}.png")
+    return root
+
+
+def test_data_verbs_on_a_folder(tmp_path, capsys):
+    root = _folder_dataset(tmp_path / "imgs")
+    assert main(["data", "inspect", "--dataset", f"folder:{root}", "--image-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "benign" in out and "malignant" in out
+    assert main(["data", "split", "--dataset", f"folder:{root}", "--image-size", "16", "--to", str(tmp_path / "sp")]) == 0
+    parts = [load_image_set(tmp_path / "sp" / s) for s in ("train", "val", "test")]
+    assert sum(len(p) for p in parts) == 24
+    assert main(["data", "subset", "--dataset", f"folder:{root}", "--image-size", "16", "--per-class", "3",
+                 "--k", "2", "--to", str(tmp_path / "sub")]) == 0
+    subs = [load_image_set(tmp_path / "sub" / f"subset{i}") for i in range(2)]
+    assert [s.class_counts() for s in subs] == [[3, 3], [3, 3]]
+    assert not (subs[0].image_hashes() & subs[1].image_hashes())
+
+
+def test_presets_verb(capsys):
+    assert main(["presets"]) == 0
+    assert "blastdiffusion" in capsys.readouterr().out
+    assert main(["presets", "--show", "renal-ldm"]) == 0
+    assert "guidance: 1.5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "missing.yaml"], "config file not found"),
+    (["demo", "--set", "generator.nope=1"], "unknown config key 'generator.nope'"),
+    (["data", "inspect", "--dataset", "folder:/no/such/folder"], "/no/such/folder"),
+    (["data", "inspect", "--dataset", "weird:thing"], "weird"),
+    (["sample", "/no/such/run"], "no trained generator"),
+])
+def test_user_errors_are_one_line_with_exit_2(argv, fragment, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "Traceback" not in err
+
+
+def test_help_on_every_verb(capsys):
+    for verb in (["demo"], ["run"], ["train"], ["sample"], ["report"], ["data", "inspect"], ["data", "split"],
+                 ["data", "subset"], ["presets"]):
+        with pytest.raises(SystemExit) as e:
+            main([*verb, "--help"])
+        assert e.value.code == 0
+        assert "usage: synthmed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (SHARED_MEDMNIST / "breastmnist.npz").is_file(),
+                    reason=f"MedMNIST files not found at {SHARED_MEDMNIST}")
+def test_run_on_medmnist_breast(tmp_path):
+    argv = ["demo", "--dataset", "medmnist:breastmnist", "--data-root", str(SHARED_MEDMNIST), "--out", str(tmp_path),
+            "--name", "breast", "--quiet", *TINY]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "breast" / "data.json").read_text())
+    assert "official" in data["split_policy"]
+    assert data["test"]["num_images"] == 156
