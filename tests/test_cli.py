@@ -61,6 +61,42 @@ def test_train_verb_resumes_finished_run(demo_run, capsys):
     assert main(["train", "--preset", "demo", "--out", str(demo_run.parent), "--name", "tiny", "--quiet", *TINY]) == 0
 
 
+def test_demo_report_has_evaluation_and_memorisation(demo_run):
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    ev = metrics["evaluation"]
+    assert ev["header"]["extractor"]["name"] == "domain"
+    assert {r["class"] for r in ev["rows"]} >= {"2-cell", "3-cell", "4-cell"}
+    assert metrics["memorisation"]["overall"]["n"] == 12
+    assert (demo_run / "evaluation" / "metrics.csv").is_file()
+    html = (demo_run / "report.html").read_text()
+    assert "How close are the synthetic images to real ones?" in html and "copy training images" in html
+
+
+def test_evaluate_and_filter_verbs(demo_run, tmp_path, capsys):
+    assert main(["evaluate", str(demo_run), str(demo_run), "--n-boot", "5", "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0
+    rows = (tmp_path / "ev" / "evaluation" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("class,metric,value") and len(rows) > 4
+    assert main(["filter", str(demo_run / "samples"), "--real", str(demo_run), "--mode", "global", "--k", "2",
+                 "--out", str(tmp_path / "kept"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "kept" / "filter_report.json").read_text())
+    kept = load_image_set(tmp_path / "kept")
+    assert len(kept) == sum(e["kept"] for e in report["per_class"].values()) <= 12
+
+
+def test_downstream_verb_runs_and_resumes(demo_run, capsys):
+    argv = ["downstream", "--preset", "demo", "--out", str(demo_run.parent), "--name", "tiny", "--quiet", *TINY,
+            "--protocols", "baseline,mix,balance", "--reuse-generator", "--set", "downstream.seeds=[0,1]"]
+    assert main(argv) == 0
+    res = json.loads((demo_run / "downstream" / "results.json").read_text())
+    assert {row["protocol"] for row in res["summary"]} == {"baseline", "mix", "balance"}
+    cells = sorted((demo_run / "downstream" / "cells").glob("*.json"))
+    mtimes = [c.stat().st_mtime_ns for c in cells]
+    assert main(argv) == 0  # resumed: nothing recomputed
+    assert [c.stat().st_mtime_ns for c in cells] == mtimes
+    assert 'id="downstream-experiment"' in (demo_run / "report.html").read_text()
+
+
 def _folder_dataset(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for cls, value in (("benign", 60), ("malignant", 190)):

@@ -20,6 +20,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,24 @@ from synthmed.data.dataset import ImageDataset
 log = logging.getLogger(__name__)
 
 ARCHS = ("smallcnn", "resnet18")
+AUGMENTATIONS = ("flip", "rot90", "jitter")
+
+#: training recipes of the reference papers, as ClassifierConfig fields (see :func:`classifier_preset`)
+CLASSIFIER_PRESETS = {
+    # MedMNIST v2: ResNet-18, Adam 1e-3, batch 128, 100 epochs, lr x 0.1 at epochs 50 and 75, best
+    # validation epoch kept. patience = epochs: the paper trains every epoch and selects afterwards.
+    "medmnist": dict(arch="resnet18", optimizer="adam", lr=1e-3, batch_size=128, epochs=100, patience=100,
+                     lr_milestones=[0.5, 0.75], weight_decay=0.0),
+    # pcam-ddpm downstream classifier: ResNet-18, SGD momentum 0.9, lr 1e-4, batch 32
+    "pcam-ddpm": dict(arch="resnet18", optimizer="sgd", lr=1e-4, batch_size=32, epochs=50, patience=8),
+}
+
+
+def classifier_preset(name: str, **overrides) -> ClassifierConfig:
+    """A paper's classifier recipe; ``overrides`` change single fields (e.g. ``epochs=5`` on a CPU)."""
+    if name not in CLASSIFIER_PRESETS:
+        raise ValueError(f"unknown classifier preset {name!r}; choose one of {sorted(CLASSIFIER_PRESETS)}")
+    return ClassifierConfig(**{**CLASSIFIER_PRESETS[name], **overrides})
 
 
 # --------------------------------------------------------------------------- architectures
@@ -210,25 +229,43 @@ class TrainedClassifier:
 # --------------------------------------------------------------------------- training
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal/vertical flips and 90-degree rotations, drawn per image.
+def check_augmentations(ops: Sequence[str]) -> None:
+    unknown = set(ops) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; choose from {list(AUGMENTATIONS)}")
 
-    Label-preserving for most microscopy and histology (no canonical orientation); not for
-    every modality (chest X-rays have a left and a right), hence off by default."""
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, ops=("flip", "rot90"), jitter: float = 0.2) -> torch.Tensor:
+    """Random label-preserving transforms of images in [-1, 1], drawn per image.
+
+    ``ops``: "flip" (horizontal and vertical), "rot90" (quarter turns) and "jitter"
+    (brightness and contrast factors in [1 - jitter, 1 + jitter], on the whole image so
+    colour balance is kept). Flips and turns suit most microscopy and histology (no
+    canonical orientation), not every modality (chest X-rays have a left and a right),
+    hence augmentation is off unless asked for."""
+    check_augmentations(ops)
     n = x.shape[0]
-    flip_h = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
-    flip_v = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
-    x = torch.where(flip_h, x.flip(3), x)
-    x = torch.where(flip_v, x.flip(2), x)
-    if x.shape[2] != x.shape[3]:
-        return x  # a quarter turn would change the shape of a non-square image
-    turns = torch.randint(0, 4, (n,), generator=gen).to(x.device)
-    out = x.clone()
-    for k in (1, 2, 3):
-        sel = turns == k
-        if sel.any():
-            out[sel] = torch.rot90(x[sel], k, dims=(2, 3))
-    return out
+    if "flip" in ops:
+        flip_h = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
+        flip_v = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
+        x = torch.where(flip_h, x.flip(3), x)
+        x = torch.where(flip_v, x.flip(2), x)
+    if "rot90" in ops and x.shape[2] == x.shape[3]:  # a quarter turn would change a non-square image's shape
+        turns = torch.randint(0, 4, (n,), generator=gen).to(x.device)
+        out = x.clone()
+        for k in (1, 2, 3):
+            sel = turns == k
+            if sel.any():
+                out[sel] = torch.rot90(x[sel], k, dims=(2, 3))
+        x = out
+    if "jitter" in ops and jitter > 0:
+        # torchvision's ColorJitter recipe, applied in [0, 1]: scale, then stretch around the image mean
+        brightness = (1 + jitter * (2 * torch.rand(n, generator=gen) - 1)).to(x.device).view(n, 1, 1, 1)
+        contrast = (1 + jitter * (2 * torch.rand(n, generator=gen) - 1)).to(x.device).view(n, 1, 1, 1)
+        u = ((x + 1) / 2 * brightness).clamp(0, 1)
+        mean = u.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((u - mean) * contrast + mean).clamp(0, 1) * 2 - 1
+    return x
 
 
 @torch.no_grad()
@@ -244,9 +281,14 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, b
 
 
 def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConfig, *, seed: int = 0,
-                     device: str = "cpu", augment: bool = False, progress: bool = False) -> TrainedClassifier:
+                     device: str = "cpu", augment: bool | Sequence[str] = False, progress: bool = False,
+                     init_from: TrainedClassifier | None = None) -> TrainedClassifier:
     """Train ``cfg.arch`` on ``train``; early-stop on the loss of the real ``val`` split and
-    return the weights of the best validation epoch. Deterministic for a seed on CPU."""
+    return the weights of the best validation epoch. Deterministic for a seed on CPU.
+
+    ``augment``: False, True (``cfg.augmentations``) or a list of augmentation names.
+    ``init_from``: start from this classifier's weights instead of ``cfg.weights_path`` or a
+    random init (fine-tuning, e.g. the ``transfer`` protocol: synthetic first, then real)."""
     if val.synthetic:
         raise ValueError(f"validation set '{val.name}' is synthetic: early stopping must watch REAL images, "
                          f"otherwise the classifier is tuned to the generator's mistakes")
@@ -260,17 +302,31 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         raise ValueError(f"classifier epochs ({cfg.epochs}) and patience ({cfg.patience}) must be at least 1")
     if cfg.optimizer not in ("adam", "sgd"):
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adam' or 'sgd'")
+    if any(not 0 < f < 1 for f in cfg.lr_milestones):
+        raise ValueError(f"lr_milestones {cfg.lr_milestones} must be fractions of the epochs, each in (0, 1)")
+    ops = tuple(cfg.augmentations if augment is True else augment or ())
+    check_augmentations(ops)
+    if init_from is not None:
+        if init_from.class_names != train.class_names or init_from.config.arch != cfg.arch:
+            raise ValueError(f"init_from: a {init_from.config.arch} for {init_from.class_names} cannot start a "
+                             f"{cfg.arch} for {train.class_names}")
+        init_from._check(train)
 
     # fork_rng: seeding here must not change the caller's random stream
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # weight init and dropout
         gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
-        model = build_classifier(cfg.arch, train.num_classes, train.channels, train.image_size,
-                                 cfg.weights_path).to(device)
+        if init_from is None:
+            model = build_classifier(cfg.arch, train.num_classes, train.channels, train.image_size,
+                                     cfg.weights_path).to(device)
+        else:
+            model = copy.deepcopy(init_from.model).to(device)  # the source classifier stays as it was
         if cfg.optimizer == "adam":
             opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        milestones = sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_milestones})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_gamma) if milestones else None
 
         x_tr, y_tr = train.to_tensor()
         x_va, y_va = val.to_tensor()
@@ -288,14 +344,16 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
                 if len(idx) == 1 and i > 0:
                     continue  # a trailing single image: BatchNorm cannot normalise one image over a 1x1 map
                 xb, yb = x_tr[idx], y_tr[idx]
-                if augment:
-                    xb = augment_batch(xb, gen)
+                if ops:
+                    xb = augment_batch(xb, gen, ops, cfg.jitter)
                 loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
+            if sched is not None:
+                sched.step()
             val_loss, val_acc = _evaluate(model, x_va, y_va, device, 256)
             history["epoch"].append(epoch)
             history["train_loss"].append(loss_sum / max(seen, 1))
@@ -317,7 +375,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
     meta = {
         "arch": cfg.arch,
         "seed": seed,
-        "augment": augment,
+        "augment": list(ops),
+        "init_from": None if init_from is None else init_from.train_fingerprint,
         "image_size": train.image_size,
         "in_channels": train.channels,
         "n_train": len(train),
@@ -331,9 +390,32 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
 # --------------------------------------------------------------------------- metrics
 
 
+def _ratio(num: int, den: int) -> float | None:
+    return float(num / den) if den else None
+
+
+def sensitivity_specificity(confusion: np.ndarray) -> list[tuple[float | None, float | None]]:
+    """(sensitivity, specificity) of each class against the rest, from a confusion matrix with
+    rows = true class; None where undefined (no image of the class, or none of the rest)."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    out = []
+    for c in range(len(cm)):
+        tp = cm[c, c]
+        fn = cm[c].sum() - tp
+        fp = cm[:, c].sum() - tp
+        tn = cm.sum() - tp - fn - fp
+        out.append((_ratio(tp, tp + fn), _ratio(tn, tn + fp)))
+    return out
+
+
 def classification_metrics(y_true, proba, class_names: list[str]) -> dict:
-    """Accuracy, balanced accuracy, macro F1, per-class precision/recall/F1, AUC and the
-    confusion matrix (rows = true class, columns = predicted), as plain Python numbers.
+    """Accuracy, balanced accuracy, macro F1 / precision / recall, per-class precision/recall/F1,
+    sensitivity and specificity, AUC and the confusion matrix (rows = true class, columns =
+    predicted), as plain Python numbers.
+
+    Sensitivity and specificity: for two classes of the second class (``class_names[1]``,
+    the positive one, e.g. "malignant" after "benign"); for every class one-vs-rest in
+    ``one_vs_rest``. The top-level pair is None for more than two classes.
 
     Macro F1 averages over the classes present in ``y_true`` or predicted (scikit-learn's
     default), so a class missing from a small test set does not count as F1 = 0. AUC is
@@ -362,16 +444,25 @@ def classification_metrics(y_true, proba, class_names: list[str]) -> dict:
     elif k > 2 and len(present) == k:
         p = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rows may miss 1 by ~1e-7
         auc = float(roc_auc_score(y_true, p, multi_class="ovr", average="macro", labels=labels))
+    confusion = confusion_matrix(y_true, y_pred, labels=labels)
+    sens_spec = sensitivity_specificity(confusion)
+    macro = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced),
         "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "precision_macro": float(macro[0]),
+        "recall_macro": float(macro[1]),
         "auc": auc,
+        "sensitivity": sens_spec[1][0] if k == 2 else None,
+        "specificity": sens_spec[1][1] if k == 2 else None,
+        "one_vs_rest": {name: {"sensitivity": se, "specificity": sp}
+                        for name, (se, sp) in zip(class_names, sens_spec)},
         "per_class": {
             name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": confusion.tolist(),
         "class_names": list(class_names),
     }

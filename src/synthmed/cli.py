@@ -119,6 +119,110 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from synthmed import pipeline
+    from synthmed.config import EvaluateConfig
+    from synthmed.runtime import resolve_device, set_threads
+
+    set_threads(0)
+    device = resolve_device(args.device or "auto")
+    synthetic = pipeline.resolve_synthetic(args.synthetic)
+    cfg, splits = pipeline.resolve_real(args.real, image_size=synthetic.image_size, channels=synthetic.channels,
+                                        data_root=args.data_root, download=args.download)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    ev = cfg.evaluate if isinstance(cfg.evaluate, EvaluateConfig) else EvaluateConfig()
+    for key in ("extractor", "real_split", "n_boot", "k", "lpips_weights_dir"):
+        if getattr(args, key) is not None:
+            setattr(ev, key, getattr(args, key))
+    ev.lpips = ev.lpips or args.lpips
+    ev.memorisation = ev.memorisation and not args.no_memorisation
+    judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
+    extractor = pipeline.feature_extractor(cfg, judge, device)
+    out = Path(args.out) if args.out else _default_out(args.synthetic, "evaluation")
+    result = pipeline.evaluate_synthetic(splits, synthetic, ev, judge, extractor, out, seed=cfg.seed,
+                                         quiet=args.quiet)
+    from synthmed.generators.base import atomic_write_json
+
+    atomic_write_json({k: v for k, v in result.items() if k != "evaluation"}, out / "evaluation" / "judge_and_audit.json")
+    print(f"evaluation: {(out / 'evaluation').resolve()}")
+    return 0
+
+
+def _default_out(source: str, what: str) -> Path:
+    p = Path(source)
+    if p.is_dir():
+        return p
+    raise ValueError(f"--out is required when the synthetic set is given as {source!r}")
+
+
+def cmd_filter(args) -> int:
+    from synthmed import pipeline
+    from synthmed.data.export import save_image_set
+    from synthmed.generators.base import atomic_write_json
+    from synthmed.runtime import resolve_device, set_threads
+    from synthmed.selection.filter import filter_synthetic, generate_until
+
+    set_threads(0)
+    device = resolve_device(args.device or "auto")
+    run_dir = Path(args.source)
+    is_run = (run_dir / "config.yaml").is_file() and (run_dir / "generator").is_dir()
+    if args.per_class and not is_run:
+        raise ValueError("--per-class generates until N images pass, which needs a run folder with a trained "
+                         f"generator; {args.source} is not one")
+    real_spec = args.real or (str(run_dir) if (run_dir / "config.yaml").is_file() else None)
+    if real_spec is None:
+        raise ValueError("--real DATASET is required: the real images whose feature manifold defines realism")
+    if is_run and args.per_class:
+        gen = pipeline.load_run_generator(run_dir, device=device)
+        cfg, splits = pipeline.resolve_real(real_spec, image_size=gen.image_size, channels=gen.channels,
+                                            data_root=args.data_root)
+        judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
+        extractor = pipeline.feature_extractor(cfg, judge, device)
+        kept, report = generate_until(gen, splits.train, extractor, args.per_class, mode=args.mode,
+                                      threshold=args.threshold, k=args.k, budget_factor=args.budget_factor,
+                                      seed=args.seed if args.seed is not None else cfg.seed + 1,
+                                      progress=not args.quiet)
+    else:
+        synthetic = pipeline.resolve_synthetic(args.source)
+        cfg, splits = pipeline.resolve_real(real_spec, image_size=synthetic.image_size,
+                                            channels=synthetic.channels, data_root=args.data_root)
+        judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
+        extractor = pipeline.feature_extractor(cfg, judge, device)
+        kept, report = filter_synthetic(synthetic, splits.train, extractor, mode=args.mode, threshold=args.threshold,
+                                        k=args.k)
+    out = Path(args.out)
+    save_image_set(kept, out)
+    atomic_write_json(report, out / "filter_report.json")
+    for name, e in (report.get("per_class") or {}).items():
+        print(f"{name:>20}: kept {e.get('kept')} of {e.get('generated')} (acceptance {e.get('acceptance_rate', 0):.2f})")
+    print(f"filtered set: {out.resolve()}")
+    return 0
+
+
+def cmd_downstream(args) -> int:
+    from synthmed import pipeline
+
+    cfg = _config_from_args(args)
+    d = cfg.downstream
+    if args.protocols:
+        d.protocols = args.protocols.split(",")
+    if args.filters:
+        d.filters = args.filters.split(",")
+    if args.subsets is not None:
+        d.subsets = args.subsets
+    if args.per_class is not None:
+        d.subset_per_class = args.per_class
+    if args.reuse_generator:
+        d.reuse_generator = True
+    out, device = pipeline.prepare(cfg)
+    splits = pipeline.step_data(cfg, out, download=args.download, quiet=args.quiet)
+    pipeline.step_downstream_experiment(cfg, out, splits, device, quiet=args.quiet)
+    pipeline.step_report(out, splits, quiet=args.quiet)
+    print(f"downstream results: {(out / 'downstream').resolve()}; report: {(out / 'report.html').resolve()}")
+    return 0
+
+
 def _print_splits(splits) -> None:
     s = splits.summary()
     print(f"source: {s['source']}")
@@ -222,6 +326,58 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", choices=["auto", "cpu", "cuda"])
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_sample)
+
+    q = sub.add_parser("evaluate", help="FID/KID/precision/recall/density/coverage/SSIM per class, memorisation audit",
+                       description="Compare a synthetic set with real images: conditional accuracy, distribution "
+                       "metrics per class with bootstrap CIs, and a memorisation audit against the training split.")
+    q.add_argument("real", help="run folder, or dataset: embryo | folder:PATH | csv:FILE | medmnist:FLAG")
+    q.add_argument("synthetic", help="folder written by `synthmed sample` (images.npz), run folder, folder:/csv:")
+    q.add_argument("--real-split", choices=["train", "val", "test"], help="real split to compare with (default test)")
+    q.add_argument("--extractor", help="domain (default; trained on the real training split) | inception | "
+                   "inception:WEIGHTS.pth | torchscript:MODEL.pt")
+    q.add_argument("--n-boot", type=int, help="bootstrap replicates for the CIs (default 100)")
+    q.add_argument("--k", type=int, help="k of the k-NN metrics (default 3)")
+    q.add_argument("--lpips", action="store_true", help="also LPIPS (needs ImageNet backbone weights)")
+    q.add_argument("--lpips-weights-dir", help="folder holding the LPIPS backbone weights file")
+    q.add_argument("--no-memorisation", action="store_true", help="skip the memorisation audit")
+    q.add_argument("--data-root", help="MedMNIST folder")
+    q.add_argument("--download", action="store_true")
+    q.add_argument("--seed", type=int)
+    q.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--out", help="output folder (default: the synthetic folder); results go to OUT/evaluation/")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser("filter", help="keep synthetic images with realism score R >= threshold",
+                       description="Realism-score filtering (Kynkaenniemi et al. 2019): keep synthetic images inside "
+                       "the real training split's feature manifold; with --per-class, generate until N pass.")
+    q.add_argument("source", help="run folder (its samples/ or, with --per-class, its generator) or an image set")
+    q.add_argument("--real", help="real dataset (default: the run's data)")
+    q.add_argument("--mode", choices=["class", "global"], default="class")
+    q.add_argument("--threshold", type=float, default=1.0)
+    q.add_argument("--k", type=int, default=3)
+    q.add_argument("--per-class", type=int, help="generate until this many per class pass (needs a run folder)")
+    q.add_argument("--budget-factor", type=float, default=10.0, help="generate at most this x the request per class")
+    q.add_argument("--seed", type=int)
+    q.add_argument("--data-root")
+    q.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--out", required=True, help="folder for the kept images and filter_report.json")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_filter)
+
+    q = sub.add_parser("downstream", help="classifier protocols over subsets/seeds: does synthetic data help?",
+                       description="Downstream protocols (baseline, traditional, mix, transfer, synthetic-only, "
+                       "balance, ratio-sweep) x realism filters over k subsets or seeds, generators trained per "
+                       "subset; mean ± std and paired differences with CIs; resumable.")
+    _add_config_options(q, config_positional=True)
+    q.add_argument("--protocols", help="comma list, e.g. baseline,traditional,mix,ratio-sweep")
+    q.add_argument("--filters", help="comma list of none,global,class")
+    q.add_argument("--subsets", type=int, help="k non-overlapping training subsets (0: repeat over seeds)")
+    q.add_argument("--per-class", type=int, help="images per class in each subset")
+    q.add_argument("--reuse-generator", action="store_true", help="one generator for all repeats (warned)")
+    q.add_argument("--download", action="store_true")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_downstream)
 
     q = sub.add_parser("report", help="re-render report.html of a run", description="re-render report.html of a run")
     q.add_argument("run_dir")

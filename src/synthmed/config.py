@@ -114,11 +114,46 @@ class ClassifierConfig:
     #: stop when validation loss has not improved for this many epochs
     patience: int = 6
     weight_decay: float = 1e-4
+    #: multiply the lr by ``lr_gamma`` at these fractions of ``epochs`` (MedMNIST: [0.5, 0.75]); empty = constant
+    lr_milestones: list[float] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    #: what ``augment=True`` applies: any of "flip" (horizontal + vertical), "rot90", "jitter"
+    augmentations: list[str] = field(default_factory=lambda: ["flip", "rot90"])
+    #: strength of "jitter": brightness and contrast factors drawn from [1 - jitter, 1 + jitter]
+    jitter: float = 0.2
 
 
 @dataclass
 class EvaluateConfig:
+    #: classifier trained on the real training split: scores conditional accuracy and, as the
+    #: "domain" feature extractor, provides the features of every distribution metric
     judge: ClassifierConfig = field(default_factory=ClassifierConfig)
+    #: "domain" (the judge's penultimate features), "inception" / "inception:WEIGHTS.pth"
+    #: (standard FID Inception-v3; needs its weights file), or "torchscript:MODEL.pt"
+    extractor: str = "domain"
+    #: real split the synthetic images are compared with ("test" keeps the extractor's own
+    #: training images out of the comparison)
+    real_split: str = "test"
+    metrics: list[str] = field(default_factory=lambda: ["fid", "kid", "precision", "recall", "f1", "density",
+                                                        "coverage", "ssim"])
+    k: int = 3
+    n_boot: int = 100
+    #: LPIPS needs ImageNet backbone weights (torch hub cache or lpips_weights_dir)
+    lpips: bool = False
+    lpips_weights_dir: str | None = None
+    #: nearest-training-image audit of every synthetic image
+    memorisation: bool = True
+
+
+@dataclass
+class SelectConfig:
+    """Realism-score filtering (Kynkaenniemi et al. 2019; pcam-ddpm eq. 11) of synthetic images."""
+
+    mode: str = "none"  # "none", "global" or "class"
+    threshold: float = 1.0
+    k: int = 3
+    #: at most budget_factor x the requested images per class are generated while filtering
+    budget_factor: float = 10.0
 
 
 @dataclass
@@ -127,6 +162,23 @@ class DownstreamConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     #: synthetic images added per real training image in the "real + synthetic" arm
     synthetic_ratio: float = 1.0
+    #: augmentation set of the ``traditional`` protocol (names as in classifier.augmentations)
+    augmentations: list[str] = field(default_factory=lambda: ["flip", "rot90", "jitter"])
+    # ---- `synthmed downstream` experiment (the quick check in `synthmed run` uses the keys above)
+    #: baseline, traditional, mix, transfer, synthetic-only, balance, ratio-sweep (or ratio-R:S)
+    protocols: list[str] = field(default_factory=lambda: ["baseline", "traditional", "mix", "transfer",
+                                                          "synthetic-only", "balance"])
+    #: realism filtering of the synthetic pool per cell: none, global, class
+    filters: list[str] = field(default_factory=lambda: ["none"])
+    #: 0: repeat over `seeds` on the whole training split; k > 0: k non-overlapping subsets of it
+    subsets: int = 0
+    subset_per_class: int | None = None
+    subset_fraction: float | None = None
+    #: train one generator on the whole training split and reuse it for every repeat (faster;
+    #: the output warns that repeats then share a generator)
+    reuse_generator: bool = False
+    #: synthetic pool per class = oversample x what the most demanding protocol needs
+    oversample: float = 1.0
 
 
 @dataclass
@@ -141,6 +193,7 @@ class RunConfig:
     samples_per_class: int | None = 200
     data: DataConfig = field(default_factory=DataConfig)
     generator: DiffusionConfig = field(default_factory=DiffusionConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     preset: str | None = None
@@ -244,6 +297,8 @@ def validate(cfg: RunConfig) -> None:
         "data.resize_policy": (cfg.data.resize_policy, {"resize", "error"}),
         "data.split": (cfg.data.split, {"official", "auto", "random"}),
         "device": (cfg.device, {"auto", "cpu", "cuda"}),
+        "select.mode": (cfg.select.mode, {"none", "global", "class"}),
+        "evaluate.real_split": (cfg.evaluate.real_split, {"train", "val", "test"}),
         "evaluate.judge.arch": (cfg.evaluate.judge.arch, {"smallcnn", "resnet18"}),
         "downstream.classifier.arch": (cfg.downstream.classifier.arch, {"smallcnn", "resnet18"}),
     }

@@ -137,22 +137,93 @@ def step_sample(cfg: RunConfig, out: Path, gen, counts: list[int], *, guidance: 
     return syn
 
 
-def step_evaluate(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: ImageDataset, device: str,
-                  *, quiet: bool = False) -> dict:
-    """Quick evaluation: conditional accuracy by a judge trained on the real training split."""
-    from synthmed.classifiers import train_classifier
-    from synthmed.metrics.conditional_accuracy import conditional_accuracy
+def step_judge(cfg: RunConfig, splits: DataSplits, device: str, *, quiet: bool = False):
+    """The judge: a classifier trained on the REAL training split (early-stopped on real val).
+
+    It scores conditional accuracy and, as the "domain" feature extractor, supplies the features
+    of the realism filter, the distribution metrics and the memorisation audit. Cached by data
+    fingerprint + config, so a rerun or `synthmed evaluate` reuses it.
+    """
+    from synthmed.features.domain import DomainExtractor
 
     t0 = time.time()
-    judge = train_classifier(splits.train, splits.val, cfg.evaluate.judge, seed=cfg.seed, device=device,
-                             progress=not quiet)
-    judge.save(out / "judge.pt")
-    ca = conditional_accuracy(judge, synthetic, splits.test)
-    ca["seconds"] = time.time() - t0
-    _update_run_info(out, timings={"evaluate": ca["seconds"]})
+    extractor = DomainExtractor(splits.train, splits.val, cfg.evaluate.judge, cache_dir=None, seed=cfg.seed,
+                                device=device, progress=not quiet)
+    _log(f"judge: {cfg.evaluate.judge.arch} trained on the real training split "
+         f"({'from cache' if extractor.cache_hit else f'{time.time() - t0:.0f} s'})", quiet)
+    return extractor
+
+
+def feature_extractor(cfg: RunConfig, judge, device: str):
+    """The extractor named by ``evaluate.extractor``; "domain" is the judge itself."""
+    from synthmed.features import get_extractor
+
+    name = cfg.evaluate.extractor
+    if name == "domain":
+        return judge
+    return get_extractor(name, device=device)
+
+
+def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, counts: list[int], *,
+                seed: int | None = None, quiet: bool = False) -> tuple[ImageDataset, dict]:
+    """Generate until ``counts`` images per class pass the realism filter (or the budget is spent)."""
+    from synthmed.selection.filter import generate_until
+
+    sel = cfg.select
+    t0 = time.time()
+    kept, report = generate_until(gen, splits.train, extractor, counts, mode=sel.mode, threshold=sel.threshold,
+                                  k=sel.k, budget_factor=sel.budget_factor, seed=cfg.seed + 1 if seed is None else seed,
+                                  progress=not quiet)
+    kept.meta.update({"generator": gen.kind, "space": gen.cfg.space, "sampler": gen.cfg.sampler,
+                      "steps": gen.cfg.sample_steps, "guidance": gen.cfg.guidance,
+                      "train_fingerprint": gen.train_fingerprint, "seconds": time.time() - t0,
+                      "images_per_second": report.get("generated_total", len(kept)) / max(time.time() - t0, 1e-9),
+                      "selection": {"mode": sel.mode, "threshold": sel.threshold, "k": sel.k}})
+    save_image_set(kept, out / "samples")
+    _update_run_info(out, timings={"sample+select": time.time() - t0})
+    _log(f"select: kept {len(kept)} images passing the {sel.mode} realism filter (R >= {sel.threshold})", quiet)
+    return kept, report
+
+
+def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judge, extractor, out_dir: Path, *,
+                       seed: int = 0, quiet: bool = False) -> dict:
+    """Conditional accuracy (judge), distribution metrics per class with bootstrap CIs against the
+    real ``ev_cfg.real_split``, and the memorisation audit against the real training split.
+    Writes ``out_dir/evaluation/{metrics.json,metrics.csv}`` and the audit's worst pairs."""
+    from synthmed.metrics.conditional_accuracy import conditional_accuracy
+    from synthmed.metrics.evaluate import evaluate, format_table, write_outputs
+    from synthmed.metrics.memorisation import memorisation_audit, worst_pairs_grid
+    from synthmed.report.figures import save_png
+
+    t0 = time.time()
+    result = {"conditional_accuracy": conditional_accuracy(judge.classifier, synthetic, splits.test)}
+    ca = result["conditional_accuracy"]
     _log(f"evaluate: conditional accuracy {ca['accuracy']['accuracy']:.3f} (chance {ca['chance']:.3f}; judge's "
          f"accuracy on real test images {ca['real_test']['accuracy']:.3f})", quiet)
-    return ca
+    real = getattr(splits, ev_cfg.real_split)
+    ev = evaluate(real, synthetic, extractor, metrics=tuple(ev_cfg.metrics), n_boot=ev_cfg.n_boot, k=ev_cfg.k,
+                  seed=seed, lpips=ev_cfg.lpips, lpips_weights_dir=ev_cfg.lpips_weights_dir,
+                  real_train_fingerprint=splits.train.fingerprint())
+    write_outputs(ev, out_dir / "evaluation")
+    result["evaluation"] = ev
+    if not quiet:
+        print(format_table(ev), flush=True)
+    if ev_cfg.memorisation:
+        audit = memorisation_audit(splits.train, synthetic, extractor)
+        result["memorisation"] = audit
+        save_png(worst_pairs_grid(audit, splits.train, synthetic), out_dir / "evaluation" / "memorisation_worst_pairs.png")
+        o = audit["overall"]
+        _log(f"memorisation: {o['n_flagged']} of {o['n']} synthetic images flagged as near-copies of training "
+             "images", quiet)
+    result["seconds"] = time.time() - t0
+    return result
+
+
+def step_evaluate(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: ImageDataset, judge, extractor,
+                  *, quiet: bool = False) -> dict:
+    result = evaluate_synthetic(splits, synthetic, cfg.evaluate, judge, extractor, out, seed=cfg.seed, quiet=quiet)
+    _update_run_info(out, timings={"evaluate": result["seconds"]})
+    return result
 
 
 def step_downstream(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: ImageDataset, device: str,
@@ -169,6 +240,110 @@ def step_downstream(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: Im
          f"real+synthetic {res['summary']['augmented']['balanced_accuracy']['mean']:.3f} "
          f"(paired difference {d['mean']:+.3f} over {len(res['seeds'])} seeds)", quiet)
     return res
+
+
+def synthetic_pool_sizes(cfg: RunConfig, train: ImageDataset) -> list[int]:
+    """Synthetic images per class the experiment's most demanding protocol needs."""
+    import math
+
+    from synthmed.downstream.protocols import expand_protocols
+
+    d = cfg.downstream
+    counts = train.class_counts()
+    protocols = expand_protocols(list(d.protocols))
+    need = [0] * len(counts)
+    for c, n in enumerate(counts):
+        if any(p in ("mix", "transfer", "synthetic-only") for p in protocols):
+            need[c] = max(need[c], math.ceil(d.synthetic_ratio * n))
+        if "balance" in protocols:
+            need[c] = max(need[c], max(counts) - n)
+        for p in protocols:
+            if p.startswith("ratio-"):
+                need[c] = max(need[c], math.ceil(int(p.split(":")[1]) / 100 * n))
+    return [math.ceil(x * d.oversample) for x in need]
+
+
+def step_downstream_experiment(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *,
+                               quiet: bool = False) -> dict:
+    """`synthmed downstream`: every protocol x filter over k subsets (or seeds), a generator trained
+    per subset on that subset only (unless ``downstream.reuse_generator``); resumable."""
+    from synthmed.data.splits import disjoint_subsets
+    from synthmed.downstream.experiment import format_results_table, run_experiment
+
+    d = cfg.downstream
+    if d.subsets > 0:
+        subsets = disjoint_subsets(splits.train, d.subsets, n_per_class=d.subset_per_class,
+                                   fraction=d.subset_fraction, seed=cfg.seed)
+        repeats = [(f"subset{i}", sub, d.seeds[i % len(d.seeds)]) for i, sub in enumerate(subsets)]
+    else:
+        repeats = [(f"seed{s}", splits.train, s) for s in d.seeds]
+    exp_dir = out / "downstream"
+    shared: dict = {}
+
+    def synthetic_for(subset: ImageDataset, i: int):
+        source = splits.train if d.reuse_generator else subset
+        key = "shared" if d.reuse_generator else f"repeat{i}"
+        if key not in shared:
+            folder = exp_dir / "generators" / key
+            gen = DiffusionGenerator(cfg.generator, image_size=source.image_size, channels=source.channels,
+                                     class_names=source.class_names, device=device, seed=cfg.seed + i)
+            _log(f"downstream: training the generator for {key} on {len(source)} real images", quiet)
+            gen.fit(source, splits.val, checkpoint_dir=folder, progress=not quiet)
+            gen.save(folder)
+            shared[key] = gen
+        gen = shared[key]
+        pool = gen.sample(synthetic_pool_sizes(cfg, subset), seed=cfg.seed + 1 + i, progress=not quiet)
+        return pool, gen.train_fingerprint
+
+    t0 = time.time()
+    result = run_experiment(splits, protocols=d.protocols, synthetic_for=synthetic_for, repeats=repeats, cfg=d,
+                            filters=d.filters, out_dir=exp_dir, device=device, progress=not quiet,
+                            reuse_generator=d.reuse_generator)
+    _update_run_info(out, timings={"downstream_experiment": time.time() - t0})
+    if not quiet:
+        print(format_results_table(result["summary"]), flush=True)
+    return result
+
+
+def resolve_synthetic(source: str | Path) -> ImageDataset:
+    """A synthetic image set from a folder written by `synthmed sample` (images.npz), a run folder
+    (its samples/), or a ``folder:``/``csv:`` dataset of generated images (flagged synthetic)."""
+    from synthmed.data.dataset import DataError
+
+    source = str(source)
+    if source.startswith(("folder:", "csv:")):
+        from synthmed.data.sources import load_csv, load_folder
+
+        kind, path = source.split(":", 1)
+        ds = load_folder(path) if kind == "folder" else load_csv(path)
+        ds.synthetic, ds.name = True, Path(path).name
+        return ds
+    p = Path(source)
+    if (p / "samples" / "images.npz").is_file():
+        p = p / "samples"
+    if (p / "images.npz").is_file() or p.suffix == ".npz":
+        return load_image_set(p)
+    raise DataError(f"{source}: no synthetic image set there; pass a folder written by `synthmed sample` "
+                    "(holding images.npz), a run folder, or folder:PATH / csv:FILE")
+
+
+def resolve_real(source: str, *, image_size: int | None = None, channels: int | None = None,
+                 data_root: str | None = None, download: bool = False) -> tuple[RunConfig, DataSplits]:
+    """Real splits from a run folder (the data its config names) or a dataset spec
+    (embryo, folder:PATH, csv:FILE, medmnist:FLAG), brought to ``image_size``/``channels``."""
+    from synthmed.config import load_config
+    from synthmed.data.sources import load_dataset
+
+    p = Path(source)
+    if (p / "config.yaml").is_file():
+        cfg = load_config(p / "config.yaml")
+    else:
+        cfg = load_config(overrides={"data": {"dataset": source, "data_root": data_root}})
+    if image_size:
+        cfg.data.image_size = image_size
+    if channels:
+        cfg.data.channels = channels
+    return cfg, load_dataset(cfg.data, download=download)
 
 
 # --------------------------------------------------------------------------- report
@@ -213,6 +388,9 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             "per_class": {c: {"accuracy": e["accuracy"], "n": e["n"]} for c, e in ca["per_class"].items()},
             "chance": ca["chance"],
         }
+    for key in ("selection", "evaluation", "memorisation"):
+        if metrics.get(key):
+            view[key] = metrics[key]
     d = metrics.get("downstream")
     if d:
         arm_names = {"real": "real only", "augmented": "real + synthetic"}
@@ -239,8 +417,19 @@ def step_report(out: Path, splits: DataSplits | None = None, synthetic: ImageDat
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
     if synthetic is None and (out / "samples" / "images.npz").is_file():
         synthetic = load_image_set(out / "samples")
-    path = write_report(out / "report.html", report_view(cfg_dict, run_info, data, metrics),
-                        real=splits.train if splits is not None else None, synthetic=synthetic)
+    view = report_view(cfg_dict, run_info, data, metrics)
+    if (out / "downstream" / "results.json").is_file():
+        view["downstream_experiment"] = json.loads((out / "downstream" / "results.json").read_text())
+    grids = {}
+    worst = out / "evaluation" / "memorisation_worst_pairs.png"
+    if worst.is_file():
+        import numpy as np
+        from PIL import Image
+
+        grids["Memorisation audit: the synthetic images closest to a training image (left) and that training "
+              "image (right)"] = np.asarray(Image.open(worst))
+    path = write_report(out / "report.html", view, real=splits.train if splits is not None else None,
+                        synthetic=synthetic, extra_grids=grids or None)
     _log(f"report: {path.resolve()}", quiet)
     return path
 
@@ -254,8 +443,15 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
     _log(f"run '{cfg.name}' -> {out.resolve()} (device {device})", quiet)
     splits = step_data(cfg, out, download=download, quiet=quiet)
     gen = step_train(cfg, out, splits, device, resume=resume, quiet=quiet)
-    synthetic = step_sample(cfg, out, gen, sample_counts(cfg, splits.train), quiet=quiet)
-    ca = step_evaluate(cfg, out, splits, synthetic, device, quiet=quiet)
+    judge = step_judge(cfg, splits, device, quiet=quiet)
+    extractor = feature_extractor(cfg, judge, device)
+    counts = sample_counts(cfg, splits.train)
+    selection = None
+    if cfg.select.mode == "none":
+        synthetic = step_sample(cfg, out, gen, counts, quiet=quiet)
+    else:
+        synthetic, selection = step_select(cfg, out, gen, splits, extractor, counts, quiet=quiet)
+    evaluation = step_evaluate(cfg, out, splits, synthetic, judge, extractor, quiet=quiet)
     down = step_downstream(cfg, out, splits, synthetic, device, gen.train_fingerprint, quiet=quiet)
     h = gen.history
     metrics = {
@@ -271,15 +467,25 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
             "num_per_class": dict(zip(synthetic.class_names, synthetic.class_counts())),
             "seconds": synthetic.meta["seconds"], "images_per_second": synthetic.meta["images_per_second"],
         },
-        "conditional_accuracy": ca,
+        **({"selection": selection} if selection else {}),
+        **{k: v for k, v in evaluation.items() if k != "seconds"},
         "downstream": down,
-        "warnings": data_warnings(splits) + [str(w) for w in _generator_warnings(h)],
+        "warnings": data_warnings(splits) + _generator_warnings(h) + _evaluation_warnings(evaluation),
     }
     atomic_write_json(metrics, out / "metrics.json")
     _update_run_info(out, timings={"total": time.time() - t_start})
     step_report(out, splits, synthetic, quiet=quiet)
     _log(f"done in {time.time() - t_start:.0f} s", quiet)
     return out
+
+
+def _evaluation_warnings(evaluation: dict) -> list[str]:
+    audit = evaluation.get("memorisation")
+    if audit and audit["overall"]["n_flagged"]:
+        o = audit["overall"]
+        return [f"memorisation audit: {o['n_flagged']} of {o['n']} synthetic images are near-copies of training "
+                "images (see the memorisation section)"]
+    return []
 
 
 def _generator_warnings(history: dict) -> list[str]:
@@ -293,5 +499,5 @@ def load_run_generator(out: Path, device: str = "cpu"):
     return load_generator(out / "generator", device=device)
 
 
-__all__ = ["run", "prepare", "step_data", "step_train", "step_sample", "step_evaluate", "step_downstream",
-           "step_report", "report_view", "load_run_generator"]
+__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_sample", "step_select", "step_evaluate",
+           "step_downstream", "step_report", "report_view", "load_run_generator"]

@@ -10,7 +10,6 @@ training fast enough to be useful.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -197,6 +196,3 @@ class DataSplits:
 def counts_str(ds: ImageDataset) -> str:
     return ", ".join(f"{c}={n}" for c, n in zip(ds.class_names, ds.class_counts()))
 
-
-def label_counter(labels: np.ndarray) -> Counter:
-    return Counter(labels.tolist())

@@ -21,6 +21,7 @@ import yaml
 
 import synthmed
 from synthmed.data.dataset import ImageDataset
+from synthmed.report.downstream_section import render_downstream_experiment
 from synthmed.report.figures import bar_chart_svg, class_strip, line_chart_svg, png_base64
 
 log = logging.getLogger(__name__)
@@ -627,6 +628,87 @@ def _section_downstream(down: dict) -> str:
             + "</section>")
 
 
+def _metric_cell(entry: Any) -> str:
+    """value, then its bootstrap CI or ± std underneath when present."""
+    if not isinstance(entry, Mapping) or entry.get("value") is None:
+        return "–"
+    text = _num(entry["value"], 3)
+    if entry.get("ci_low") is not None and entry.get("ci_high") is not None:
+        text += f'<br><span class="muted">[{_num(entry["ci_low"], 3)}, {_num(entry["ci_high"], 3)}]</span>'
+    elif entry.get("std") is not None:
+        text += f' <span class="muted">± {_num(entry["std"], 2)}</span>'
+    return text
+
+
+def _section_evaluation(ev: dict) -> str:
+    header = ev.get("header") or {}
+    metrics = list(header.get("metrics") or [])
+    ex = header.get("extractor") or {}
+    rows = []
+    for row in ev.get("rows") or []:
+        flag = " ⚠" if row.get("warnings") else ""
+        rows.append([_e(row.get("class")) + flag, _num(row.get("n_real")), _num(row.get("n_synthetic"))]
+                    + [_metric_cell((row.get("metrics") or {}).get(m)) for m in metrics])
+    if rows:  # the total row comes first in the data; show it last like the other tables
+        rows = rows[1:] + rows[:1]
+    table = _table(["class", "real", "synthetic"] + [_e(m) for m in metrics], rows,
+                   numeric=set(range(1, 3 + len(metrics))), total_last=True)
+    real, syn = header.get("real") or {}, header.get("synthetic") or {}
+    ex_bits = [f"<b>{_e(ex.get('name', '?'))}</b>"]
+    if ex.get("trained_on"):
+        ex_bits.append(f"trained on the real training split ({_e(ex.get('trained_on'))}, "
+                       f"{_num(ex.get('n_train'))} images)")
+    if ex.get("weights_hash"):
+        ex_bits.append(f'weights <span class="mono">{_e(ex["weights_hash"])}</span>')
+    if ex.get("input_policy"):
+        ex_bits.append(_e(ex["input_policy"]))
+    caption = (f"Features: {', '.join(ex_bits)}. Real: '{_e(real.get('name'))}' ({_num(real.get('num_images'))} images); "
+               f"synthetic: {_num(syn.get('num_images'))} images. k = {_num(header.get('k'))} for the k-NN metrics; "
+               f"brackets: {int(round(100 * (1 - header.get('alpha', 0.05))))}% bootstrap intervals "
+               f"(n_boot = {_num(header.get('n_boot'))}). SSIM pairing: {_e(header.get('pairing_policy', '–'))}.")
+    explain = ("<p>Lower FID/KID: synthetic features distributed more like real ones. <b>Precision</b>: fraction of "
+               "synthetic images inside the real feature manifold (fidelity); <b>recall</b>: fraction of real images "
+               "inside the synthetic manifold (diversity); density/coverage are their outlier-robust versions. "
+               "These numbers are only comparable between runs with the same feature extractor and image counts.</p>")
+    warns = ev.get("warnings") or []
+    warn_html = ("<details><summary>" + f"{len(warns)} metric warnings</summary><ul>"
+                 + "".join(f"<li>{_e(w)}</li>" for w in warns) + "</ul></details>") if warns else ""
+    return (f'<section id="evaluation"><h2>How close are the synthetic images to real ones?</h2>{explain}'
+            f"{_figure(table, caption)}{warn_html}</section>")
+
+
+def _section_memorisation(audit: dict) -> str:
+    per_class = audit.get("per_class") or {}
+    rows = [[_e(c), _num(e.get("n")), _num(e.get("n_flagged")), _frac(e.get("fraction_flagged"))]
+            for c, e in per_class.items() if isinstance(e, Mapping)]
+    overall = audit.get("overall") or {}
+    if overall:
+        rows.append(["all classes", _num(overall.get("n")), _num(overall.get("n_flagged")),
+                     _frac(overall.get("fraction_flagged"))])
+    table = _table(["class", "synthetic images", "flagged near-copies", "fraction"], rows, numeric={1, 2, 3},
+                   total_last=bool(overall))
+    rule = audit.get("rule") or audit.get("rule_text") or ""
+    return ('<section id="memorisation"><h2>Does the generator copy training images?</h2>'
+            "<p>Every synthetic image is compared with its nearest <b>training</b> image. A synthetic image closer to "
+            "a training image than real training images usually are to each other is flagged as a near-copy: for "
+            "patient data that is a privacy leak, and for the downstream check it is no new information.</p>"
+            f"{_figure(table, _e(rule))}</section>")
+
+
+def _section_selection(sel: dict) -> str:
+    per_class = sel.get("per_class") or {}
+    rows = []
+    for c, e in per_class.items():
+        if isinstance(e, Mapping):
+            rows.append([_e(c), _num(e.get("generated", e.get("n"))), _num(e.get("kept", e.get("n_kept"))),
+                         _frac(e.get("acceptance_rate", e.get("acceptance")))])
+    table = _table(["class", "generated", "kept", "acceptance"], rows, numeric={1, 2, 3})
+    return ('<section id="selection"><h2>Realism filtering</h2>'
+            f"<p>Mode <b>{_e(sel.get('mode'))}</b>, threshold R ≥ {_num(sel.get('threshold'))}, k = {_num(sel.get('k'))} "
+            "(realism score of Kynkäänniemi et al. 2019). Only kept images are used downstream.</p>"
+            f"{table}</section>")
+
+
 def _section_provenance(results: dict) -> str:
     parts = []
     timings = results.get("timings")
@@ -669,8 +751,12 @@ def render_report(results: dict, real: ImageDataset | None = None, synthetic: Im
     sections: list[tuple[str, str, Callable[[Any], str]]] = [
         ("generator", "generator training", _section_generator),
         ("sampling", "sampling", _section_sampling),
+        ("selection", "realism filtering", _section_selection),
         ("conditional_accuracy", "conditional accuracy", _section_conditional_accuracy),
+        ("evaluation", "distribution metrics", _section_evaluation),
+        ("memorisation", "memorisation audit", _section_memorisation),
         ("downstream", "downstream classifier", _section_downstream),
+        ("downstream_experiment", "downstream experiment", render_downstream_experiment),
     ]
     for key, name, render in sections:
         if isinstance(results.get(key), Mapping):
