@@ -263,21 +263,28 @@ def synthetic_pool_sizes(cfg: RunConfig, train: ImageDataset) -> list[int]:
     return [math.ceil(x * d.oversample) for x in need]
 
 
-def step_downstream_experiment(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *,
-                               quiet: bool = False) -> dict:
-    """`synthmed downstream`: every protocol x filter over k subsets (or seeds), a generator trained
-    per subset on that subset only (unless ``downstream.reuse_generator``); resumable."""
+def downstream_repeats(cfg: RunConfig, train: ImageDataset) -> list[tuple[str, ImageDataset, int]]:
+    """(id, real training subset, seed) per repeat: k non-overlapping subsets, or seeds on all of train."""
     from synthmed.data.splits import disjoint_subsets
-    from synthmed.downstream.experiment import format_results_table, run_experiment
 
     d = cfg.downstream
     if d.subsets > 0:
-        subsets = disjoint_subsets(splits.train, d.subsets, n_per_class=d.subset_per_class,
-                                   fraction=d.subset_fraction, seed=cfg.seed)
-        repeats = [(f"subset{i}", sub, d.seeds[i % len(d.seeds)]) for i, sub in enumerate(subsets)]
-    else:
-        repeats = [(f"seed{s}", splits.train, s) for s in d.seeds]
-    exp_dir = out / "downstream"
+        subsets = disjoint_subsets(train, d.subsets, n_per_class=d.subset_per_class, fraction=d.subset_fraction,
+                                   seed=cfg.seed)
+        return [(f"subset{i}", sub, d.seeds[i % len(d.seeds)]) for i, sub in enumerate(subsets)]
+    return [(f"seed{s}", train, s) for s in d.seeds]
+
+
+def step_downstream_experiment(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *,
+                               repeats: list | None = None, exp_dir: Path | None = None,
+                               quiet: bool = False) -> dict:
+    """`synthmed downstream`: every protocol x filter over k subsets (or seeds), a generator trained
+    per subset on that subset only (unless ``downstream.reuse_generator``); resumable."""
+    from synthmed.downstream.experiment import format_results_table, run_experiment
+
+    d = cfg.downstream
+    repeats = repeats if repeats is not None else downstream_repeats(cfg, splits.train)
+    exp_dir = exp_dir or out / "downstream"
     shared: dict = {}
 
     def synthetic_for(subset: ImageDataset, i: int):
