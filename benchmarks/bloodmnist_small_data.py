@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from synthmed.config import load_config
-from synthmed.data.sources import load_medmnist
+from synthmed.data.sources import load_dataset
 from synthmed.data.splits import disjoint_subsets, make_imbalanced
 from synthmed.downstream.experiment import format_results_table
 from synthmed.pipeline import step_downstream_experiment
@@ -40,7 +40,7 @@ def study_config(args):
     overrides = {
         "name": "bloodmnist_small_data", "seed": 0, "device": args.device,
         "data": {"dataset": "medmnist:bloodmnist", "data_root": str(args.data_root), "image_size": 28},
-        "generator": {"space": "pixel", "block_out_channels": [32, 64, 64], "layers_per_block": 1,
+        "generator": {"space": "pixel", "block_out_channels": [16, 32, 64], "layers_per_block": 1,
                       "lr": 2e-3, "warmup_steps": 50, "batch_size": 64, "train_steps": args.gen_steps,
                       "sample_steps": 16, "guidance": 2.0, "checkpoint_every": 200, "log_every": 50},
         "downstream": {"classifier": {"arch": "smallcnn", "epochs": args.epochs, "patience": args.patience,
@@ -97,9 +97,9 @@ def main() -> None:
     threads = set_threads(0)
     device = resolve_device(args.device)
     cfg = study_config(args)
-    splits = load_medmnist("bloodmnist", args.data_root)
+    splits = load_dataset(cfg.data)  # official split; train images identical to val/test ones dropped
     sizes = [int(s) for s in args.sizes.split(",")]
-    report: dict = {"dataset": "BloodMNIST 28x28 RGB, official split", "device": device, "threads": threads,
+    report: dict = {"dataset": "BloodMNIST 28x28 RGB, official split", "data_steps": splits.train.meta.get("steps"),"device": device, "threads": threads,
                     "torch": torch.__version__, "platform": platform.platform(),
                     "test_images": len(splits.test), "val_images": len(splits.val),
                     "generator": {"train_steps": args.gen_steps, "widths": cfg.generator.block_out_channels,

@@ -160,3 +160,18 @@ def test_run_on_medmnist_breast(tmp_path):
     data = json.loads((tmp_path / "breast" / "data.json").read_text())
     assert "official" in data["split_policy"]
     assert data["test"]["num_images"] == 156
+
+
+def test_run_with_realism_filter_records_selection(tmp_path):
+    argv = ["demo", "--out", str(tmp_path), "--name", "sel", "--quiet", *TINY, "--set", "select.mode=global",
+            "--set", "select.k=2", "--set", "select.budget_factor=2"]
+    # R >= 0 keeps everything: the selection bookkeeping end to end (rejection is tested in test_filter.py)
+    assert main([*argv, "--set", "select.threshold=0"]) == 0
+    metrics = json.loads((tmp_path / "sel" / "metrics.json").read_text())
+    sel = metrics["selection"]
+    assert set(sel["per_class"]) == {"2-cell", "3-cell", "4-cell"}
+    for e in sel["per_class"].values():
+        assert e["kept"] <= e["requested"] == 4 and e["generated"] <= e["budget"]
+    kept = load_image_set(tmp_path / "sel" / "samples")
+    assert len(kept) == sum(e["kept"] for e in sel["per_class"].values())
+    assert "Realism filtering" in (tmp_path / "sel" / "report.html").read_text()

@@ -281,14 +281,17 @@ def test_load_dataset_medmnist_train_only_steps():
     assert any("40 images per class" in s for s in splits.train.meta["steps"])
     swapped = load_dataset(DataConfig(dataset="medmnist:breastmnist", data_root=str(MEDMNIST_DIR),
                                       classes=["normal, benign", "malignant"]))
-    assert swapped.class_names == ["normal, benign", "malignant"] and swapped.train.class_counts() == [399, 147]
+    assert swapped.class_names == ["normal, benign", "malignant"] and swapped.train.class_counts() == [399, 146]  # one malignant train image is pixel-identical to a test image (dropped)
 
 
 @needs_medmnist
 def test_load_dataset_medmnist_random_split():
     cfg = DataConfig(dataset="medmnist:breastmnist", data_root=str(MEDMNIST_DIR), split="random", split_seed=3)
     splits = load_dataset(cfg)
-    assert sum(len(d) for d in (splits.train, splits.val, splits.test)) == 546 + 78 + 156
+    # BreastMNIST holds one pixel-identical pair across its official splits; re-split, one copy can land in
+    # train next to the other in val/test and is then dropped from train (reported in the split policy)
+    total = sum(len(d) for d in (splits.train, splits.val, splits.test))
+    assert total == 546 + 78 + 156 - ("removed 1 image" in splits.split_policy)
     assert splits.split_policy.startswith("stratified 70/10/20")
 
 
@@ -342,3 +345,25 @@ def test_load_dataset_embryo(monkeypatch):
     assert_disjoint(splits)
     imb = splits.train.meta["imbalance"]
     assert imb["kept"] == round(imb["of"] * 0.5)
+
+
+@pytest.mark.skipif(not (MEDMNIST_DIR / "bloodmnist.npz").is_file(), reason=f"BloodMNIST not found in {MEDMNIST_DIR}")
+def test_cross_split_duplicates_of_the_official_split():
+    """BloodMNIST's official split has 8 training images pixel-identical to val/test images."""
+    from synthmed.config import DataConfig
+    from synthmed.data.sources import load_dataset
+
+    root = str(MEDMNIST_DIR)
+    cfg = DataConfig(dataset="medmnist:bloodmnist", data_root=root, image_size=28)
+    with pytest.warns(UserWarning, match="removed 8 image"):
+        dropped = load_dataset(cfg)
+    assert len(dropped.train) == 11959 - 8 and len(dropped.test) == 3421
+    held_out = dropped.val.image_hashes() | dropped.test.image_hashes()
+    assert not (dropped.train.image_hashes() & held_out)
+    assert "removed 8" in dropped.split_policy
+    kept = load_dataset(DataConfig(dataset="medmnist:bloodmnist", data_root=root, image_size=28,
+                                   cross_split_duplicates="keep"))
+    assert len(kept.train) == 11959
+    with pytest.raises(DataError, match="pixel-identical"):
+        load_dataset(DataConfig(dataset="medmnist:bloodmnist", data_root=root, image_size=28,
+                                cross_split_duplicates="error"))

@@ -195,7 +195,10 @@ def cmd_filter(args) -> int:
     save_image_set(kept, out)
     atomic_write_json(report, out / "filter_report.json")
     for name, e in (report.get("per_class") or {}).items():
-        print(f"{name:>20}: kept {e.get('kept')} of {e.get('generated')} (acceptance {e.get('acceptance_rate', 0):.2f})")
+        accepted = e.get("accepted", e.get("kept", 0))
+        rate = accepted / e["generated"] if e.get("generated") else float("nan")
+        print(f"{name:>20}: kept {e.get('kept')} ({accepted} of {e.get('generated')} generated passed, "
+              f"acceptance {rate:.2f})")
     print(f"filtered set: {out.resolve()}")
     return 0
 

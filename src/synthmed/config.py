@@ -45,6 +45,8 @@ class DataConfig:
     imbalance_ratio: float = 1.0
     #: region of interest: "none", "auto" (one round object per image), or "boxes:PATH" (CSV or VOC folder)
     roi: str = "none"
+    #: training images pixel-identical to a val/test image: "drop" (from train, reported), "error", "keep"
+    cross_split_duplicates: str = "drop"
     #: optional explicit class list (order = label index); labels outside it are an error
     classes: list[str] | None = None
     #: size of the embedded default dataset (images per class before splitting; 3-cell stage is rarer)
@@ -296,6 +298,7 @@ def validate(cfg: RunConfig) -> None:
         "generator.sampler": (g.sampler, {"dpmsolver++", "ddim", "ddpm"}),
         "data.resize_policy": (cfg.data.resize_policy, {"resize", "error"}),
         "data.split": (cfg.data.split, {"official", "auto", "random"}),
+        "data.cross_split_duplicates": (cfg.data.cross_split_duplicates, {"drop", "error", "keep"}),
         "device": (cfg.device, {"auto", "cpu", "cuda"}),
         "select.mode": (cfg.select.mode, {"none", "global", "class"}),
         "evaluate.real_split": (cfg.evaluate.real_split, {"train", "val", "test"}),

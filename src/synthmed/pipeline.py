@@ -433,8 +433,10 @@ def step_report(out: Path, splits: DataSplits | None = None, synthetic: ImageDat
         import numpy as np
         from PIL import Image
 
+        pairs = np.asarray(Image.open(worst))
+        scale = max(1, 256 // max(pairs.shape[1], 1))  # small images: enlarge so a reader can compare them
         grids["Memorisation audit: the synthetic images closest to a training image (left) and that training "
-              "image (right)"] = np.asarray(Image.open(worst))
+              "image (right)"] = pairs.repeat(scale, axis=0).repeat(scale, axis=1)
     path = write_report(out / "report.html", view, real=splits.train if splits is not None else None,
                         synthetic=synthetic, extra_grids=grids or None)
     _log(f"report: {path.resolve()}", quiet)
@@ -458,6 +460,12 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
         synthetic = step_sample(cfg, out, gen, counts, quiet=quiet)
     else:
         synthetic, selection = step_select(cfg, out, gen, splits, extractor, counts, quiet=quiet)
+        if len(synthetic) == 0:
+            from synthmed.generators.base import GeneratorError
+
+            raise GeneratorError(f"the {cfg.select.mode} realism filter kept no synthetic image (threshold "
+                                 f"{cfg.select.threshold}); lower select.threshold, raise select.budget_factor, or "
+                                 "train the generator longer (generator.train_steps)")
     evaluation = step_evaluate(cfg, out, splits, synthetic, judge, extractor, quiet=quiet)
     down = step_downstream(cfg, out, splits, synthetic, device, gen.train_fingerprint, quiet=quiet)
     h = gen.history

@@ -70,6 +70,7 @@ pre { background: var(--bg-soft); border: 1px solid var(--line); border-radius: 
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.92em; }
 .muted { color: var(--muted); }
 details > summary { cursor: pointer; color: var(--accent); }
+.scroll { overflow-x: auto; max-width: 100%; }
 """
 
 
@@ -673,8 +674,9 @@ def _section_evaluation(ev: dict) -> str:
     warns = ev.get("warnings") or []
     warn_html = ("<details><summary>" + f"{len(warns)} metric warnings</summary><ul>"
                  + "".join(f"<li>{_e(w)}</li>" for w in warns) + "</ul></details>") if warns else ""
+    scroll_table = f'<div class="scroll">{table}</div>'  # nine metric columns overflow narrow windows
     return (f'<section id="evaluation"><h2>How close are the synthetic images to real ones?</h2>{explain}'
-            f"{_figure(table, caption)}{warn_html}</section>")
+            f"{_figure(scroll_table, caption)}{warn_html}</section>")
 
 
 def _section_memorisation(audit: dict) -> str:
@@ -700,8 +702,9 @@ def _section_selection(sel: dict) -> str:
     rows = []
     for c, e in per_class.items():
         if isinstance(e, Mapping):
-            rows.append([_e(c), _num(e.get("generated", e.get("n"))), _num(e.get("kept", e.get("n_kept"))),
-                         _frac(e.get("acceptance_rate", e.get("acceptance")))])
+            generated, accepted = e.get("generated"), e.get("accepted", e.get("kept"))
+            rate = e.get("acceptance_rate", accepted / generated if generated and accepted is not None else None)
+            rows.append([_e(c), _num(generated), _num(e.get("kept")), _frac(rate)])
     table = _table(["class", "generated", "kept", "acceptance"], rows, numeric={1, 2, 3})
     return ('<section id="selection"><h2>Realism filtering</h2>'
             f"<p>Mode <b>{_e(sel.get('mode'))}</b>, threshold R ≥ {_num(sel.get('threshold'))}, k = {_num(sel.get('k'))} "
@@ -713,9 +716,10 @@ def _section_provenance(results: dict) -> str:
     parts = []
     timings = results.get("timings")
     if isinstance(timings, Mapping) and timings:
-        rows = [[_e(k), _seconds(v)] for k, v in timings.items()]
-        total = sum(float(v) for v in timings.values() if _is_number(v))
-        rows.append(["total", _seconds(total)])
+        rows = [[_e(k), _seconds(v)] for k, v in timings.items() if k != "total"]
+        # a recorded wall-clock total beats the sum of the steps (which misses start-up and I/O)
+        total = timings.get("total", sum(float(v) for v in timings.values() if _is_number(v)))
+        rows.append(["total (wall clock)" if "total" in timings else "total", _seconds(total)])
         parts.append("<h3>Timings</h3>" + _table(["step", "time"], rows, numeric={1}, total_last=True))
     if results.get("config") is not None:
         parts.append("<h3>Resolved configuration</h3>"
