@@ -212,21 +212,29 @@ def fid(features_a: np.ndarray, features_b: np.ndarray, extractor: dict | None =
                           FeatureStats.from_features(features_b, extractor))
 
 
+def per_class(metric, too_few: dict, name: str, features_a, labels_a, features_b, labels_b,
+              class_names: list[str]) -> dict:
+    """Apply ``metric(fa, fb) -> dict with "warnings"`` per class and over all images; a class with
+    fewer than 2 images on a side gets ``too_few`` (values None) and a warning instead."""
+    features_a, features_b = np.asarray(features_a), np.asarray(features_b)
+    la, lb = np.asarray(labels_a).reshape(-1), np.asarray(labels_b).reshape(-1)
+    rows, warnings = {}, []
+    for c, cls in enumerate(class_names):
+        fa, fb = features_a[la == c], features_b[lb == c]
+        if len(fa) < 2 or len(fb) < 2:
+            rows[cls] = {**too_few, "n_a": len(fa), "n_b": len(fb),
+                         "warnings": [f"{len(fa)} vs {len(fb)} images; {name} needs at least 2 on each side"]}
+        else:
+            rows[cls] = metric(fa, fb)
+        warnings += [f"class {cls!r}: {w}" for w in rows[cls]["warnings"]]
+    total = metric(features_a, features_b)
+    return {"total": total, "per_class": rows, "warnings": total["warnings"] + warnings}
+
+
 def fid_per_class(features_a: np.ndarray, labels_a: np.ndarray, features_b: np.ndarray, labels_b: np.ndarray,
                   class_names: list[str], extractor: dict | None = None) -> dict:
     """FID per class (class-conditional realism) and over all images.
 
     A class with fewer than 2 images on either side gets ``fid: None`` and a warning."""
-    features_a, features_b = np.asarray(features_a), np.asarray(features_b)
-    la, lb = np.asarray(labels_a).reshape(-1), np.asarray(labels_b).reshape(-1)
-    per_class, warnings = {}, []
-    for c, name in enumerate(class_names):
-        fa, fb = features_a[la == c], features_b[lb == c]
-        if len(fa) < 2 or len(fb) < 2:
-            per_class[name] = {"fid": None, "n_a": len(fa), "n_b": len(fb), "dim": features_a.shape[1],
-                               "warnings": [f"{len(fa)} vs {len(fb)} images; FID needs at least 2 on each side"]}
-        else:
-            per_class[name] = fid(fa, fb, extractor)
-        warnings += [f"class {name!r}: {w}" for w in per_class[name]["warnings"]]
-    total = fid(features_a, features_b, extractor)
-    return {"total": total, "per_class": per_class, "warnings": total["warnings"] + warnings}
+    return per_class(lambda a, b: fid(a, b, extractor), {"fid": None, "dim": np.asarray(features_a).shape[1]},
+                     "FID", features_a, labels_a, features_b, labels_b, class_names)

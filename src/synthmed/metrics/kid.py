@@ -71,16 +71,7 @@ def kid(features_a: np.ndarray, features_b: np.ndarray, subset_size: int = DEFAU
 def kid_per_class(features_a: np.ndarray, labels_a: np.ndarray, features_b: np.ndarray, labels_b: np.ndarray,
                   class_names: list[str], **options) -> dict:
     """KID per class and over all images; a class with < 2 images on a side gets ``mean: None``."""
-    features_a, features_b = np.asarray(features_a), np.asarray(features_b)
-    la, lb = np.asarray(labels_a).reshape(-1), np.asarray(labels_b).reshape(-1)
-    per_class, warnings = {}, []
-    for c, name in enumerate(class_names):
-        fa, fb = features_a[la == c], features_b[lb == c]
-        if len(fa) < 2 or len(fb) < 2:
-            per_class[name] = {"mean": None, "std": None, "n_a": len(fa), "n_b": len(fb),
-                               "warnings": [f"{len(fa)} vs {len(fb)} images; KID needs at least 2 on each side"]}
-        else:
-            per_class[name] = kid(fa, fb, **options)
-        warnings += [f"class {name!r}: {w}" for w in per_class[name]["warnings"]]
-    total = kid(features_a, features_b, **options)
-    return {"total": total, "per_class": per_class, "warnings": total["warnings"] + warnings}
+    from synthmed.metrics.fid import per_class
+
+    return per_class(lambda a, b: kid(a, b, **options), {"mean": None, "std": None}, "KID",
+                     features_a, labels_a, features_b, labels_b, class_names)
