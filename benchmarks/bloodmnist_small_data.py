@@ -3,13 +3,16 @@
 BloodMNIST 28x28 RGB (8 classes), official split. For each size (default 50 and 200 images per
 class) three non-overlapping training subsets; a class-conditional diffusion model is trained
 on each subset only; protocols baseline / traditional / mix / transfer / synthetic-only are
-run per subset, plus baseline / traditional / balance on an imbalanced variant of the larger
-subsets (one class cut to 10% of the others). Every classifier is early-stopped on the real
-official validation split and scored on the full official test split (3421 images).
+run per subset, the ratio sweep (real:synthetic 100:0 ... 0:100 at fixed total, and 100:100) on
+the larger subsets, plus baseline / traditional / balance on an imbalanced variant of the larger
+subsets (one class cut to 10% of the others). Every classifier gets the same number of optimizer
+steps whatever its training-set size (``--steps``), is early-stopped on the real official
+validation split and scored on the full official test split (3421 images).
 
-    python benchmarks/bloodmnist_small_data.py                       # CPU default (~45 min, 2 cores)
+    python benchmarks/bloodmnist_small_data.py                       # CPU default (~70 min, 2 cores)
     python benchmarks/bloodmnist_small_data.py --quick               # smoke test (~3 min)
-    python benchmarks/bloodmnist_small_data.py --gen-steps 20000 --epochs 100 --device cuda   # GPU size
+    python benchmarks/bloodmnist_small_data.py --gen-steps 20000 --steps 5000 --widths 32,64,128 \
+        --device cuda                                                # GPU size
 
 Resumable: rerun the same command and finished cells (and trained generators) are reused.
 Writes benchmarks/results/bloodmnist_small_data.{json,md} (or --out).
@@ -43,7 +46,8 @@ def study_config(args):
         "generator": {"space": "pixel", "block_out_channels": [16, 32, 64], "layers_per_block": 1,
                       "lr": 2e-3, "warmup_steps": 50, "batch_size": 64, "train_steps": args.gen_steps,
                       "sample_steps": 16, "guidance": 2.0, "checkpoint_every": 200, "log_every": 50},
-        "downstream": {"classifier": {"arch": "smallcnn", "epochs": args.epochs, "patience": args.patience,
+        "downstream": {"classifier": {"arch": "smallcnn", "widths": args.widths, "steps": args.steps,
+                                      "eval_every": args.eval_every, "patience": args.patience,
                                       "batch_size": 64},
                        "seeds": [0, 1, 2], "synthetic_ratio": 1.0},
     }
@@ -78,8 +82,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="50,200", help="images per class of each training subset")
     ap.add_argument("--subsets", type=int, default=3, help="non-overlapping subsets per size")
     ap.add_argument("--gen-steps", type=int, default=700, help="diffusion training steps per subset")
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=500, help="optimizer steps of every classifier")
+    ap.add_argument("--eval-every", type=int, default=100, help="validate every this many steps")
+    ap.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
+    ap.add_argument("--widths", default="16,32,64", help="small CNN block channels")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     ap.add_argument("--minority", default="basophil", help="class cut to 10%% in the imbalanced variant")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", type=Path, default=Path("runs/bloodmnist_small_data"),
@@ -88,13 +95,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
     args = ap.parse_args()
     if args.quick:
-        args.sizes, args.subsets, args.gen_steps, args.epochs = "10", 2, 20, 1
+        args.sizes, args.subsets, args.gen_steps, args.steps, args.eval_every = "10", 2, 20, 20, 10
         args.work = args.work.with_name(args.work.name + "_quick")
+    args.widths = [int(w) for w in str(args.widths).split(",")]
     if not (args.data_root / "bloodmnist.npz").is_file():
         raise SystemExit(f"BloodMNIST not found at {args.data_root / 'bloodmnist.npz'}; pass --data-root")
 
     t_start = time.time()
-    threads = set_threads(0)
+    threads = set_threads(args.threads)
     device = resolve_device(args.device)
     cfg = study_config(args)
     splits = load_dataset(cfg.data)  # official split; train images identical to val/test ones dropped
@@ -105,11 +113,13 @@ def main() -> None:
                     "generator": {"train_steps": args.gen_steps, "widths": cfg.generator.block_out_channels,
                                   "sampler": f"{cfg.generator.sampler} {cfg.generator.sample_steps} steps, "
                                              f"guidance {cfg.generator.guidance}"},
-                    "classifier": {"arch": "smallcnn", "epochs": args.epochs, "patience": args.patience},
+                    "classifier": {"arch": "smallcnn", "widths": args.widths, "steps": args.steps,
+                                   "eval_every": args.eval_every, "patience": args.patience, "batch_size": 64},
                     "experiments": {}}
     md = [f"BloodMNIST small-data study ({device}, {threads} threads, torch {torch.__version__}). "
-          f"Test: official split, n={len(splits.test)}. Classifier: small CNN, <= {args.epochs} epochs, "
-          f"early stopping on the official val split (patience {args.patience}). Generator: pixel diffusion "
+          f"Test: official split, n={len(splits.test)}. Classifier: small CNN {args.widths}, {args.steps} "
+          f"optimizer steps of batch 64 for every protocol, validated every {args.eval_every} steps on the "
+          f"official val split, early stopping (patience {args.patience}), best weights kept. Generator: pixel diffusion "
           f"{cfg.generator.block_out_channels}, {args.gen_steps} steps per subset, trained on that subset only. "
           f"Mean ± sample std over {args.subsets} non-overlapping subsets.\n"]
 
@@ -117,8 +127,10 @@ def main() -> None:
         t0 = time.time()
         subsets = disjoint_subsets(splits.train, args.subsets, n_per_class=size, seed=0)
         repeats = [(f"n{size}_subset{i}", sub, i) for i, sub in enumerate(subsets)]
-        res = _run(cfg, args, splits, device, repeats, f"n{size}",
-                   ["baseline", "traditional", "mix", "transfer", "synthetic-only"])
+        protocols = ["baseline", "traditional", "mix", "transfer", "synthetic-only"]
+        if size == max(sizes):
+            protocols.append("ratio-sweep")
+        res = _run(cfg, args, splits, device, repeats, f"n{size}", protocols)
         report["experiments"][f"{size}_per_class"] = {"seconds": time.time() - t0, "summary": res["summary"]}
         md.append(markdown(res, f"{size} images per class ({8 * size} training images), wall {time.time() - t0:.0f} s"))
 

@@ -10,23 +10,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 from synthmed.classifiers import (TrainedClassifier, augment_batch, build_classifier, classification_metrics,
                                   train_classifier)
 from synthmed.config import ClassifierConfig
-from synthmed.data.dataset import ImageDataset
+from toydata import CLASSES, toy
 
-CLASSES = ["bright", "dark", "striped"]
 FAST = ClassifierConfig(arch="smallcnn", lr=3e-3, batch_size=32, epochs=8, patience=3)
-
-
-def toy(n_per_class: int, seed: int, size: int = 8, synthetic: bool = False) -> ImageDataset:
-    """Three easy classes of grey images: bright, dark, and vertical stripes of mid mean."""
-    rng = np.random.default_rng(seed)
-    stripes = np.tile(np.array([40.0, 215.0]), size // 2)[None, :].repeat(size, 0)
-    means = [np.full((size, size), 200.0), np.full((size, size), 55.0), stripes]
-    images, labels = [], []
-    for c, mean in enumerate(means):
-        images.append(mean + rng.normal(0, 20, (n_per_class, size, size)))
-        labels += [c] * n_per_class
-    images = np.clip(np.concatenate(images), 0, 255).astype(np.uint8)[..., None]
-    return ImageDataset(images, np.array(labels), list(CLASSES), name=f"toy{seed}", synthetic=synthetic)
 
 
 @pytest.fixture(autouse=True)
@@ -152,6 +138,30 @@ def test_early_stopping_restores_best_epoch():
     proba = clf.predict_proba(val)
     restored_loss = -np.log(proba[np.arange(len(val)), val.labels]).mean()
     assert restored_loss == pytest.approx(h["val_loss"][best], rel=1e-4)
+
+
+def test_step_budget_is_the_same_whatever_the_training_set_size(monkeypatch):
+    """With ``steps`` every training set gets exactly that many optimizer steps (a protocol with
+    twice the images must not get twice the training), validated every ``eval_every`` steps."""
+    import synthmed.classifiers as classifiers
+
+    counted = {"n": 0}
+    real_step = torch.optim.Adam.step
+
+    def counting_step(self, *a, **k):
+        counted["n"] += 1
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
+    cfg = ClassifierConfig(batch_size=8, steps=25, eval_every=10, patience=10)
+    for n_per_class in (4, 30):  # 12 images = 2 batches per epoch; 90 images = 12 batches per epoch
+        counted["n"] = 0
+        clf = classifiers.train_classifier(toy(n_per_class, 0), toy(4, 1), cfg, seed=0)
+        assert counted["n"] == 25 and clf.history["steps"] == 25
+        assert clf.history["step"] == [10, 20, 25] and len(clf.history["val_loss"]) == 3
+        assert clf.history["best_step"] in (10, 20, 25)
+    with pytest.raises(ValueError, match="steps"):
+        classifiers.train_classifier(toy(4, 0), toy(4, 1), ClassifierConfig(steps=0), seed=0)
 
 
 def test_refuses_synthetic_validation():

@@ -8,20 +8,9 @@ import torch
 
 from synthmed.classifiers import train_classifier
 from synthmed.config import ClassifierConfig
-from synthmed.data.dataset import ImageDataset, concat
+from synthmed.data.dataset import concat
 from synthmed.metrics.conditional_accuracy import conditional_accuracy, wilson_interval
-
-CLASSES = ["bright", "dark", "striped"]
-
-
-def toy(n_per_class: int, seed: int, size: int = 8, synthetic: bool = False) -> ImageDataset:
-    rng = np.random.default_rng(seed)
-    stripes = np.tile(np.array([40.0, 215.0]), size // 2)[None, :].repeat(size, 0)
-    means = [np.full((size, size), 200.0), np.full((size, size), 55.0), stripes]
-    images = np.concatenate([m + rng.normal(0, 20, (n_per_class, size, size)) for m in means])
-    labels = np.repeat(np.arange(3), n_per_class)
-    return ImageDataset(np.clip(images, 0, 255).astype(np.uint8)[..., None], labels, list(CLASSES),
-                        name=f"toy{seed}", synthetic=synthetic)
+from toydata import CLASSES, toy
 
 
 @pytest.fixture(scope="module")

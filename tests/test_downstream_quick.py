@@ -10,21 +10,9 @@ import torch
 
 import synthmed.downstream.quick as quick
 from synthmed.config import ClassifierConfig, DownstreamConfig
-from synthmed.data.dataset import DataSplits, ImageDataset, concat
+from synthmed.data.dataset import DataSplits, concat
 from synthmed.downstream.quick import LeakageError, real_vs_augmented, synthetic_per_class
-
-CLASSES = ["bright", "dark", "striped"]
-
-
-def toy(counts, seed: int, size: int = 8, synthetic: bool = False) -> ImageDataset:
-    rng = np.random.default_rng(seed)
-    stripes = np.tile(np.array([40.0, 215.0]), size // 2)[None, :].repeat(size, 0)
-    means = [np.full((size, size), 200.0), np.full((size, size), 55.0), stripes]
-    counts = [counts] * 3 if np.isscalar(counts) else counts
-    images = np.concatenate([m + rng.normal(0, 20, (n, size, size)) for m, n in zip(means, counts)])
-    labels = np.repeat(np.arange(3), counts)
-    return ImageDataset(np.clip(images, 0, 255).astype(np.uint8)[..., None], labels, list(CLASSES),
-                        name=f"toy{seed}", synthetic=synthetic)
+from toydata import toy
 
 
 def splits(train_counts=(20, 10, 6)) -> DataSplits:

@@ -12,30 +12,20 @@ import torch
 import synthmed.downstream.experiment as experiment
 from synthmed.classifiers import train_classifier
 from synthmed.config import ClassifierConfig, DownstreamConfig
-from synthmed.data.dataset import DataSplits, ImageDataset
+from synthmed.data.dataset import DataSplits
 from synthmed.data.splits import disjoint_subsets
 from synthmed.downstream.experiment import format_results_table, run_experiment
 from synthmed.downstream.quick import LeakageError
 from synthmed.downstream.stats import paired_difference
 from synthmed.report.downstream_section import render_downstream_experiment
+from toydata import CLASSES, toy
 
-CLASSES = ["bright", "dark", "striped"]
 CFG = DownstreamConfig(classifier=ClassifierConfig(lr=3e-3, batch_size=16, epochs=1, patience=1))
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
     torch.set_num_threads(1)
-
-
-def toy(counts, seed: int, size: int = 8, synthetic: bool = False) -> ImageDataset:
-    rng = np.random.default_rng(seed)
-    stripes = np.tile(np.array([40.0, 215.0]), size // 2)[None, :].repeat(size, 0)
-    means = [np.full((size, size), 200.0), np.full((size, size), 55.0), stripes]
-    counts = [counts] * 3 if np.isscalar(counts) else counts
-    images = np.concatenate([m + rng.normal(0, 20, (n, size, size)) for m, n in zip(means, counts)])
-    return ImageDataset(np.clip(images, 0, 255).astype(np.uint8)[..., None], np.repeat(np.arange(3), counts),
-                        list(CLASSES), name=f"toy{seed}", synthetic=synthetic)
 
 
 SPLITS = DataSplits(toy([12, 12, 8], 0), toy(4, 1), toy(6, 2))

@@ -67,6 +67,21 @@ def test_fd_is_finite_and_stable_for_singular_covariances():
     assert small_n_warning(5000, 2048) is None
 
 
+@pytest.mark.parametrize("n_a,n_b,d", [(30, 50, 64), (80, 20, 64), (200, 300, 16), (5, 500, 32)])
+def test_fd_through_the_images_equals_the_covariance_route(n_a, n_b, d):
+    """Fewer images than dimensions: the n_a x n_b nuclear-norm route must give the d x d value."""
+    from synthmed.metrics.fid import frechet_distance_from_features
+
+    rng = np.random.default_rng(n_a + n_b)
+    x = rng.normal(size=(n_a, d)) @ rng.normal(size=(d, d)) * 0.3
+    y = rng.normal(size=(n_b, d)) + 0.4
+    # rel 1e-7: the d x d route clips the rounding noise of a singular covariance's zero eigenvalues
+    assert frechet_distance_from_features(x, y) == pytest.approx(fid(x, y)["fid"], rel=1e-7, abs=1e-9)
+    assert frechet_distance_from_features(x, x) == pytest.approx(0.0, abs=1e-8)
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance_from_features(x[:1], y)
+
+
 def test_batch_size_and_order_invariance_and_streaming_equals_one_shot():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(500, 8)) * 3 + 100.0  # large mean: a naive sum-of-squares would lose digits

@@ -101,6 +101,25 @@ def test_feature_space_and_rgb_and_other_split():
         memorisation_audit(field_set(5), copies)
 
 
+def test_reference_subsample_keeps_threshold_and_flags():
+    """A subsampled real-to-real reference (for large training sets) estimates the same threshold,
+    is repeatable, and still flags copies of training images outside the subsample."""
+    train = field_set(150, seed=0)
+    fresh = field_set(20, seed=1)
+    syn = as_synthetic(np.concatenate([train.images[-6:], fresh.images]),
+                       np.concatenate([train.labels[-6:], fresh.labels]), train.class_names)
+    full = memorisation_audit(train, syn, reference_size=None)
+    sub = memorisation_audit(train, syn, reference_size=100)
+    again = memorisation_audit(train, syn, reference_size=100)
+    assert full["num_reference"] == 300 and sub["num_reference"] == 100
+    t_full, t_sub = full["spaces"]["pixel"]["threshold"], sub["spaces"]["pixel"]["threshold"]
+    assert abs(t_sub - t_full) / t_full < 0.1
+    assert t_sub == again["spaces"]["pixel"]["threshold"]
+    assert sub["per_image"]["flagged"][:6].all() and sub["per_image"]["flagged"][6:].mean() <= 0.05
+    with pytest.raises(ValueError, match="reference_size"):
+        memorisation_audit(train, syn, reference_size=1)
+
+
 @pytest.mark.slow
 def test_diffusion_trained_long_on_20_images_is_caught():
     """The issue's requirement: a generator trained for long on a tiny set memorises, and the audit sees it."""

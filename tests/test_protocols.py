@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,23 +13,14 @@ from synthmed.config import ClassifierConfig
 from synthmed.data.dataset import DataError, ImageDataset
 from synthmed.downstream.protocols import (PROTOCOLS, RATIO_SWEEP, NotEnoughSyntheticError, ProtocolOptions,
                                            build_plan, expand_protocols, uses_synthetic)
+from toydata import CLASSES, toy
 
-CLASSES = ["bright", "dark", "striped"]
 REAL_COUNTS = [10, 6, 3]
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
     torch.set_num_threads(1)
-
-
-def toy(counts, seed: int, size: int = 8, synthetic: bool = False) -> ImageDataset:
-    rng = np.random.default_rng(seed)
-    stripes = np.tile(np.array([40.0, 215.0]), size // 2)[None, :].repeat(size, 0)
-    means = [np.full((size, size), 200.0), np.full((size, size), 55.0), stripes]
-    images = np.concatenate([m + rng.normal(0, 20, (n, size, size)) for m, n in zip(means, counts)])
-    return ImageDataset(np.clip(images, 0, 255).astype(np.uint8)[..., None], np.repeat(np.arange(3), counts),
-                        list(CLASSES), name=f"toy{seed}", synthetic=synthetic)
 
 
 REAL = toy(REAL_COUNTS, 0)

@@ -72,6 +72,28 @@ def test_chunked_equals_brute_force():
     np.testing.assert_array_equal(idx, np.argsort(e, axis=1)[:, :2])
 
 
+def test_nearest_neighbour_distances_are_exact_despite_float32_search():
+    """The search runs in float32; returned distances must still be float64-exact, also far from 0
+    (a large common offset) and for exact copies (distance 0, not ~1e-3 of cancellation noise)."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(2)
+    ref = 1e3 + rng.normal(size=(300, 50))
+    query = np.concatenate([ref[:5], 1e3 + rng.normal(size=(40, 50))])
+    for k in (1, 3):
+        dist, idx = nearest_neighbours(query, ref, k, chunk=13)
+        e = cdist(query, ref)
+        np.testing.assert_array_equal(idx, np.argsort(e, axis=1)[:, :k])
+        np.testing.assert_allclose(dist, np.sort(e, axis=1)[:, :k], rtol=1e-12, atol=0)
+        assert (dist[:5, 0] == 0).all()
+    # excluding each point's own group gives its nearest OTHER point
+    ids = np.arange(len(ref))
+    dist, idx = nearest_neighbours(ref, ref, 1, query_groups=ids, ref_groups=ids)
+    e = cdist(ref, ref)
+    np.fill_diagonal(e, np.inf)
+    np.testing.assert_array_equal(idx[:, 0], e.argmin(axis=1))
+
+
 def test_fake_on_a_real_point_scores_infinity_and_is_kept():
     r = realism_scores(REAL_1D, np.array([1.0]), k=1, robust_quantile=None)
     assert np.isinf(r[0]) and select(r)[0]

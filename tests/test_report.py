@@ -371,6 +371,21 @@ def test_full_report_has_all_sections_and_is_self_contained(tmp_path):
         ET.fromstring(svg)
 
 
+def test_memorisation_section_shows_its_worst_pairs_and_reference_rate():
+    grid = np.zeros((10, 22, 1), dtype=np.uint8)
+    audit = {"rule": "flag when close", "overall": {"n": 4, "n_flagged": 1, "fraction_flagged": 0.25},
+             "per_class": {"a": {"n": 4, "n_flagged": 1, "fraction_flagged": 0.25}},
+             "spaces": {"pixel": {"threshold": 1.5, "baseline_fraction": 0.01}},
+             "worst_pairs": [{"synthetic_class": "a", "pixel_distance": 0.0, "flip": "hflip", "exact_copy": True,
+                              "flagged": True}],
+             "worst_pairs_grid": grid}
+    text = render_report({"memorisation": audit})
+    section = text[text.index('id="memorisation"'):]
+    section = section[: section.index("</section>")]
+    assert "data:image/png;base64," in section  # the pairs are in the audit's own section
+    assert "(flipped), byte-identical, flagged" in section and "0.010 of training images" in section
+
+
 def test_minimal_report_only_has_the_title(tmp_path):
     text = write_report(tmp_path / "min.html", {"title": "Just a title"}).read_text(encoding="utf-8")
     parsed = parse_html(text)

@@ -144,12 +144,15 @@ def _load_imagenet_weights(model: ResNet18, weights_path: str) -> None:
 
 
 def build_classifier(arch: str, num_classes: int, in_channels: int, image_size: int,
-                     weights_path: str | None = None) -> nn.Module:
-    """A fresh classifier with ``forward(x) -> logits`` and ``features(x) -> penultimate``."""
+                     weights_path: str | None = None, widths: Sequence[int] = (32, 64, 128)) -> nn.Module:
+    """A fresh classifier with ``forward(x) -> logits`` and ``features(x) -> penultimate``;
+    ``widths``: the small CNN's block channels."""
     if arch == "smallcnn":
         if weights_path:
             raise ValueError("weights_path is only supported for arch 'resnet18'")
-        return SmallCNN(num_classes, in_channels, image_size)
+        if not widths or min(widths) < 1:
+            raise ValueError(f"smallcnn widths must be positive channel counts, got {list(widths)}")
+        return SmallCNN(num_classes, in_channels, image_size, widths=tuple(widths))
     if arch == "resnet18":
         model = ResNet18(num_classes, in_channels, image_size)
         if weights_path:
@@ -220,7 +223,8 @@ class TrainedClassifier:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         cfg = ClassifierConfig(**ckpt["config"])
         meta = ckpt["meta"]
-        model = build_classifier(cfg.arch, len(ckpt["class_names"]), meta["in_channels"], meta["image_size"])
+        model = build_classifier(cfg.arch, len(ckpt["class_names"]), meta["in_channels"], meta["image_size"],
+                                 widths=cfg.widths)
         model.load_state_dict(ckpt["state_dict"])
         return cls(model.to(device).eval(), ckpt["history"], cfg, ckpt["class_names"],
                    ckpt["train_fingerprint"], meta, device)
@@ -280,6 +284,22 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, b
     return loss_sum / len(x), correct / len(x)
 
 
+def _one_epoch(n: int, bs: int, gen: torch.Generator):
+    """Index batches of one shuffled pass over ``n`` images."""
+    perm = torch.randperm(n, generator=gen)
+    for i in range(0, n, bs):
+        idx = perm[i:i + bs]
+        if len(idx) == 1 and i > 0:
+            continue  # a trailing single image: BatchNorm cannot normalise one image over a 1x1 map
+        yield idx
+
+
+def _batch_stream(n: int, bs: int, gen: torch.Generator):
+    """Endless index batches, epoch after shuffled epoch (for a step budget)."""
+    while True:
+        yield from _one_epoch(n, bs, gen)
+
+
 def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConfig, *, seed: int = 0,
                      device: str = "cpu", augment: bool | Sequence[str] = False, progress: bool = False,
                      init_from: TrainedClassifier | None = None) -> TrainedClassifier:
@@ -300,6 +320,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         raise ValueError(f"train images {train.images.shape[1:]} and val images {val.images.shape[1:]} differ in shape")
     if cfg.epochs < 1 or cfg.patience < 1:
         raise ValueError(f"classifier epochs ({cfg.epochs}) and patience ({cfg.patience}) must be at least 1")
+    if cfg.steps is not None and (cfg.steps < 1 or cfg.eval_every < 1):
+        raise ValueError(f"classifier steps ({cfg.steps}) and eval_every ({cfg.eval_every}) must be at least 1")
     if cfg.optimizer not in ("adam", "sgd"):
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adam' or 'sgd'")
     if any(not 0 < f < 1 for f in cfg.lr_milestones):
@@ -318,31 +340,35 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation
         if init_from is None:
             model = build_classifier(cfg.arch, train.num_classes, train.channels, train.image_size,
-                                     cfg.weights_path).to(device)
+                                     cfg.weights_path, widths=cfg.widths).to(device)
         else:
             model = copy.deepcopy(init_from.model).to(device)  # the source classifier stays as it was
         if cfg.optimizer == "adam":
             opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-        milestones = sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_milestones})
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_gamma) if milestones else None
-
         x_tr, y_tr = train.to_tensor()
         x_va, y_va = val.to_tensor()
         n, bs = len(x_tr), max(1, cfg.batch_size)
-        history = {"epoch": [], "train_loss": [], "val_loss": [], "val_acc": []}
-        best_loss, best_epoch, best_state, waited = math.inf, -1, None, 0
+        # a "round" ends with a validation: one epoch, or eval_every steps under a step budget
+        if cfg.steps is None:
+            n_rounds, round_steps = cfg.epochs, None
+        else:
+            n_rounds = math.ceil(cfg.steps / cfg.eval_every)
+        milestones = sorted({max(1, round(f * n_rounds)) for f in cfg.lr_milestones})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_gamma) if milestones else None
+        batches = _batch_stream(n, bs, gen)
+
+        history = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_acc": []}
+        best_loss, best_epoch, best_state, waited, step = math.inf, -1, None, 0, 0
         stopped_early = False
-        bar = tqdm(range(cfg.epochs), desc=f"classifier ({cfg.arch}, seed {seed})", disable=not progress, leave=False)
+        bar = tqdm(range(n_rounds), desc=f"classifier ({cfg.arch}, seed {seed})", disable=not progress, leave=False)
         for epoch in bar:
             model.train()
-            perm = torch.randperm(n, generator=gen)
+            if cfg.steps is not None:
+                round_steps = min(cfg.eval_every, cfg.steps - step)
             loss_sum, seen = 0.0, 0
-            for i in range(0, n, bs):
-                idx = perm[i:i + bs]
-                if len(idx) == 1 and i > 0:
-                    continue  # a trailing single image: BatchNorm cannot normalise one image over a 1x1 map
+            for idx in (next(batches) for _ in range(round_steps)) if round_steps else _one_epoch(n, bs, gen):
                 xb, yb = x_tr[idx], y_tr[idx]
                 if ops:
                     xb = augment_batch(xb, gen, ops, cfg.jitter)
@@ -352,10 +378,12 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
                 opt.step()
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
+                step += 1
             if sched is not None:
                 sched.step()
             val_loss, val_acc = _evaluate(model, x_va, y_va, device, 256)
             history["epoch"].append(epoch)
+            history["step"].append(step)
             history["train_loss"].append(loss_sum / max(seen, 1))
             history["val_loss"].append(val_loss)
             history["val_acc"].append(val_acc)
@@ -371,7 +399,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         if best_state is not None:
             model.load_state_dict(best_state)
     model.eval()
-    history.update(best_epoch=best_epoch, best_val_loss=best_loss, stopped_early=stopped_early)
+    history.update(best_epoch=best_epoch, best_val_loss=best_loss, stopped_early=stopped_early, steps=step,
+                   best_step=history["step"][best_epoch] if best_epoch >= 0 else 0)
     meta = {
         "arch": cfg.arch,
         "seed": seed,

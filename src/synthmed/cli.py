@@ -124,7 +124,7 @@ def cmd_evaluate(args) -> int:
     from synthmed.config import EvaluateConfig
     from synthmed.runtime import resolve_device, set_threads
 
-    set_threads(0)
+    set_threads(args.threads)
     device = resolve_device(args.device or "auto")
     synthetic = pipeline.resolve_synthetic(args.synthetic)
     cfg, splits = pipeline.resolve_real(args.real, image_size=synthetic.image_size, channels=synthetic.channels,
@@ -163,7 +163,7 @@ def cmd_filter(args) -> int:
     from synthmed.runtime import resolve_device, set_threads
     from synthmed.selection.filter import filter_synthetic, generate_until
 
-    set_threads(0)
+    set_threads(args.threads)
     device = resolve_device(args.device or "auto")
     run_dir = Path(args.source)
     is_run = (run_dir / "config.yaml").is_file() and (run_dir / "generator").is_dir()
@@ -295,6 +295,21 @@ def cmd_presets(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_training_flags(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in the run folder")
+    q.add_argument("--download", action="store_true", help="download MedMNIST files when missing (needs internet)")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_data_run_flags(q: argparse.ArgumentParser) -> None:
+    """Options of the verbs that work on existing images (evaluate, filter)."""
+    q.add_argument("--data-root", help="folder holding MedMNIST <flag>.npz files")
+    q.add_argument("--seed", type=int, help="seed (bootstrap, sampling)")
+    q.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: all cores)")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthmed", description="Synthetic medical images for small, imbalanced "
                                 "labelled sets: generate, evaluate, prove they help, report.")
@@ -306,16 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
                         ("run", "full run: data -> train -> sample -> evaluate -> downstream -> report")):
         q = sub.add_parser(verb, help=help_, description=help_)
         _add_config_options(q, config_positional=(verb == "run"))
-        q.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in the run folder")
-        q.add_argument("--download", action="store_true", help="download MedMNIST files when missing (needs internet)")
-        q.add_argument("--quiet", action="store_true", help="no progress output")
+        _add_training_flags(q)
         q.set_defaults(func=cmd_run)
 
     q = sub.add_parser("train", help="load data and train the generator only", description="load data and train the generator")
     _add_config_options(q, config_positional=True)
-    q.add_argument("--no-resume", action="store_true")
-    q.add_argument("--download", action="store_true")
-    q.add_argument("--quiet", action="store_true")
+    _add_training_flags(q)
     q.set_defaults(func=cmd_train)
 
     q = sub.add_parser("sample", help="generate images from a trained run", description="generate images from a trained run")
@@ -343,12 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lpips", action="store_true", help="also LPIPS (needs ImageNet backbone weights)")
     q.add_argument("--lpips-weights-dir", help="folder holding the LPIPS backbone weights file")
     q.add_argument("--no-memorisation", action="store_true", help="skip the memorisation audit")
-    q.add_argument("--data-root", help="MedMNIST folder")
-    q.add_argument("--download", action="store_true")
-    q.add_argument("--seed", type=int)
-    q.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--download", action="store_true", help="download MedMNIST files when missing (needs internet)")
+    _add_data_run_flags(q)
     q.add_argument("--out", help="output folder (default: the synthetic folder); results go to OUT/evaluation/")
-    q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_evaluate)
 
     q = sub.add_parser("filter", help="keep synthetic images with realism score R >= threshold",
@@ -361,11 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=int, default=3)
     q.add_argument("--per-class", type=int, help="generate until this many per class pass (needs a run folder)")
     q.add_argument("--budget-factor", type=float, default=10.0, help="generate at most this x the request per class")
-    q.add_argument("--seed", type=int)
-    q.add_argument("--data-root")
-    q.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _add_data_run_flags(q)
     q.add_argument("--out", required=True, help="folder for the kept images and filter_report.json")
-    q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_filter)
 
     q = sub.add_parser("downstream", help="classifier protocols over subsets/seeds: does synthetic data help?",

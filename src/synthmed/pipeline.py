@@ -196,7 +196,9 @@ def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judg
     from synthmed.report.figures import save_png
 
     t0 = time.time()
+    stages: dict[str, float] = {}
     result = {"conditional_accuracy": conditional_accuracy(judge.classifier, synthetic, splits.test)}
+    stages["conditional_accuracy"] = time.time() - t0
     ca = result["conditional_accuracy"]
     _log(f"evaluate: conditional accuracy {ca['accuracy']['accuracy']:.3f} (chance {ca['chance']:.3f}; judge's "
          f"accuracy on real test images {ca['real_test']['accuracy']:.3f})", quiet)
@@ -204,6 +206,7 @@ def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judg
     ev = evaluate(real, synthetic, extractor, metrics=tuple(ev_cfg.metrics), n_boot=ev_cfg.n_boot, k=ev_cfg.k,
                   seed=seed, lpips=ev_cfg.lpips, lpips_weights_dir=ev_cfg.lpips_weights_dir,
                   real_train_fingerprint=splits.train.fingerprint())
+    stages["distribution_metrics"] = time.time() - t0 - sum(stages.values())
     write_outputs(ev, out_dir / "evaluation")
     result["evaluation"] = ev
     if not quiet:
@@ -213,9 +216,11 @@ def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judg
         result["memorisation"] = audit
         save_png(worst_pairs_grid(audit, splits.train, synthetic), out_dir / "evaluation" / "memorisation_worst_pairs.png")
         o = audit["overall"]
+        stages["memorisation"] = time.time() - t0 - sum(stages.values())
         _log(f"memorisation: {o['n_flagged']} of {o['n']} synthetic images flagged as near-copies of training "
-             "images", quiet)
+             f"images ({len(splits.train)} training images, {stages['memorisation']:.0f} s)", quiet)
     result["seconds"] = time.time() - t0
+    result["stage_seconds"] = stages
     return result
 
 
@@ -435,8 +440,12 @@ def step_report(out: Path, splits: DataSplits | None = None, synthetic: ImageDat
 
         pairs = np.asarray(Image.open(worst))
         scale = max(1, 256 // max(pairs.shape[1], 1))  # small images: enlarge so a reader can compare them
-        grids["Memorisation audit: the synthetic images closest to a training image (left) and that training "
-              "image (right)"] = pairs.repeat(scale, axis=0).repeat(scale, axis=1)
+        pairs = pairs.repeat(scale, axis=0).repeat(scale, axis=1)
+        if isinstance(view.get("memorisation"), dict):  # shown in the audit's own section
+            view["memorisation"] = {**view["memorisation"], "worst_pairs_grid": pairs}
+        else:
+            grids["Memorisation audit: the synthetic images closest to a training image (left) and that "
+                  "training image (right)"] = pairs
     path = write_report(out / "report.html", view, real=splits.train if splits is not None else None,
                         synthetic=synthetic, extra_grids=grids or None)
     _log(f"report: {path.resolve()}", quiet)

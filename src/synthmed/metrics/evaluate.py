@@ -47,10 +47,11 @@ BOOTSTRAP_POLICY = (
 
 
 def _fid_value(a: np.ndarray, b: np.ndarray) -> float:
-    from synthmed.metrics.fid import fid
+    # through the images when they are fewer than the dimensions: bootstrap replicates of a small
+    # class in a 2048-d space cost an n x n SVD instead of two 2048 x 2048 eigenproblems each
+    from synthmed.metrics.fid import frechet_distance_from_features
 
-    out = fid(a, b)
-    return float(out["fid"] if isinstance(out, dict) else out)
+    return frechet_distance_from_features(a, b)
 
 
 def _metric_entry(value, ci: dict | None = None, **extra) -> dict:

@@ -44,6 +44,8 @@ from synthmed.selection.realism import nearest_neighbours
 
 DEFAULT_QUANTILE = 0.5
 DEFAULT_FRACTION = 0.5
+#: training images whose nearest-other-image distances form the reference distribution
+DEFAULT_REFERENCE_SIZE = 2000
 #: flip variants matched in pixel space: name -> function of an (N, H, W, C) array
 _FLIPS = {
     "none": lambda x: x,
@@ -74,14 +76,16 @@ def _summary(d: np.ndarray) -> dict:
 
 
 def _space_audit(train_x: np.ndarray, syn_x: np.ndarray, train_labels: np.ndarray, syn_labels: np.ndarray,
-                 n_variants: int, quantile: float, fraction: float, scale: float, chunk: int | None) -> dict:
+                 n_variants: int, quantile: float, fraction: float, scale: float, chunk: int | None,
+                 reference: np.ndarray) -> dict:
     """NN distances and near-copy flags in one space. ``train_x`` holds ``n_variants`` stacked copies
-    (variant v of image i at row v * N + i), so matches map back with ``index % N``."""
+    (variant v of image i at row v * N + i), so matches map back with ``index % N``. ``reference``:
+    the training images whose nearest-other-training-image distances make the reference distribution."""
     n = len(train_labels)
     groups = np.tile(np.arange(n), n_variants)
     ref_labels = np.tile(train_labels, n_variants)
-    # real-to-real: each training image against every OTHER training image (and their variants)
-    real_d, _ = nearest_neighbours(train_x[:n], train_x, 1, query_groups=np.arange(n), ref_groups=groups,
+    # real-to-real: each reference training image against every OTHER training image (and their variants)
+    real_d, _ = nearest_neighbours(train_x[reference], train_x, 1, query_groups=reference, ref_groups=groups,
                                    chunk=chunk, scale=scale)
     real_nn = real_d[:, 0]
     threshold = float(fraction * np.quantile(real_nn, quantile))
@@ -117,12 +121,17 @@ def _hashes(images: np.ndarray) -> list[str]:
 
 def memorisation_audit(train: ImageDataset, synthetic: ImageDataset, extractor=None, *,
                        quantile: float = DEFAULT_QUANTILE, fraction: float = DEFAULT_FRACTION, worst: int = 8,
-                       flips: bool = True, chunk: int | None = None, progress: bool = False) -> dict:
+                       flips: bool = True, reference_size: int | None = DEFAULT_REFERENCE_SIZE,
+                       chunk: int | None = None, progress: bool = False) -> dict:
     """Audit ``synthetic`` for copies of ``train`` images; see the module docstring for the rule.
 
     ``extractor``: optional feature extractor (``.extract(ds) -> (N, d)``, ``.describe()``) adding a
     feature-space check; ``flips``: also match flipped training images in pixel space; ``worst``:
-    how many of the most copy-like pairs to list (for :func:`worst_pairs_grid`).
+    how many of the most copy-like pairs to list (for :func:`worst_pairs_grid`); ``reference_size``:
+    the real-to-real reference distribution is measured on this many randomly chosen training images
+    (each against ALL other training images; seeded, so repeatable), ``None`` = every training image.
+    Its median is what the threshold uses; 2000 draws pin the median to within about +-2.2
+    percentile points (95%), and the audit against 12k BloodMNIST training images gets 6x cheaper.
 
     Returns a dict: ``rule``, ``train_fingerprint`` (the training split audited against),
     ``generator_train_fingerprint`` (from the synthetic set's provenance, if any) and whether they match,
@@ -137,14 +146,21 @@ def memorisation_audit(train: ImageDataset, synthetic: ImageDataset, extractor=N
     n_syn = len(synthetic)
     train_px = np.concatenate([_FLIPS[v](train.images) for v in variants]).reshape(len(variants) * len(train), -1)
     syn_px = synthetic.images.reshape(n_syn, -1)
+    n_train = len(train)
+    if reference_size is None or reference_size >= n_train:
+        reference = np.arange(n_train)
+    else:
+        if reference_size < 2:
+            raise ValueError(f"reference_size must be >= 2 or None, got {reference_size}")
+        reference = np.sort(np.random.default_rng(0).choice(n_train, size=int(reference_size), replace=False))
     spaces = {"pixel": _space_audit(train_px, syn_px, train.labels, synthetic.labels, len(variants), quantile,
-                                    fraction, 1.0 / 255.0, chunk)}
+                                    fraction, 1.0 / 255.0, chunk, reference)}
     extractor_info = None
     if extractor is not None:
         f_train = np.asarray(extractor.extract(train, progress=progress), dtype=np.float64)
         f_syn = np.asarray(extractor.extract(synthetic, progress=progress), dtype=np.float64)
         spaces["feature"] = _space_audit(f_train, f_syn, train.labels, synthetic.labels, 1, quantile, fraction,
-                                         1.0, chunk)
+                                         1.0, chunk, reference)
         extractor_info = extractor.describe() if hasattr(extractor, "describe") else {"name": getattr(extractor, "name", "?")}
 
     train_hashes = {h: i for v in reversed(variants) for i, h in enumerate(_hashes(_FLIPS[v](train.images)))}
@@ -194,7 +210,7 @@ def memorisation_audit(train: ImageDataset, synthetic: ImageDataset, extractor=N
     train_fp = train.fingerprint()
     return {
         "rule": (f"flag when the nearest training image is within {fraction:g} x the {quantile:g}-quantile of the "
-                 f"real-to-real nearest-neighbour distances (pixel space{', flips matched' if flips else ''}"
+                 f"real-to-real nearest-neighbour distances of {len(reference)} training images (pixel space{', flips matched' if flips else ''}"
                  f"{' or feature space' if extractor is not None else ''}), or is byte-identical"),
         "quantile": quantile,
         "fraction": fraction,
@@ -203,6 +219,7 @@ def memorisation_audit(train: ImageDataset, synthetic: ImageDataset, extractor=N
         "generator_train_fingerprint": gen_fp,
         "fingerprint_matches": None if gen_fp is None else gen_fp == train_fp,
         "num_train": len(train),
+        "num_reference": int(len(reference)),
         "num_synthetic": n_syn,
         "extractor": extractor_info,
         "spaces": {
@@ -246,4 +263,4 @@ def worst_pairs_grid(audit: dict, train: ImageDataset, synthetic: ImageDataset, 
     return grid
 
 
-__all__ = ["DEFAULT_FRACTION", "DEFAULT_QUANTILE", "memorisation_audit", "worst_pairs_grid"]
+__all__ = ["DEFAULT_FRACTION", "DEFAULT_QUANTILE", "DEFAULT_REFERENCE_SIZE", "memorisation_audit", "worst_pairs_grid"]

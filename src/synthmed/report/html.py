@@ -690,11 +690,29 @@ def _section_memorisation(audit: dict) -> str:
     table = _table(["class", "synthetic images", "flagged near-copies", "fraction"], rows, numeric={1, 2, 3},
                    total_last=bool(overall))
     rule = audit.get("rule") or audit.get("rule_text") or ""
+    spaces = audit.get("spaces") or {}
+    baseline = "; ".join(
+        f"{_e(name)} space: threshold {_num(s.get('threshold'))}, {_frac(s.get('baseline_fraction'))} of training "
+        "images would be flagged against the rest of the training set"
+        for name, s in spaces.items() if isinstance(s, Mapping))
+    caption = _e(rule) + (f". Reference rate ({baseline}): compare the synthetic fraction with it." if baseline else "")
+    grid_html = ""
+    grid = audit.get("worst_pairs_grid")
+    pairs = [p for p in audit.get("worst_pairs") or [] if isinstance(p, Mapping)]
+    if grid is not None:
+        listed = "; ".join(
+            f"{i + 1}. {_e(p.get('synthetic_class'))}: pixel distance {_num(p.get('pixel_distance'))}"
+            + (" (flipped)" if p.get("flip") not in (None, "none") else "")
+            + (", byte-identical" if p.get("exact_copy") else "") + (", flagged" if p.get("flagged") else "")
+            for i, p in enumerate(pairs))
+        grid_html = _figure(_img(np.asarray(grid), "closest synthetic/training pairs"),
+                            "The synthetic images closest to a training image (left), each next to that training "
+                            f"image (right, in the flip that matched), most copy-like first. {listed}")
     return ('<section id="memorisation"><h2>Does the generator copy training images?</h2>'
             "<p>Every synthetic image is compared with its nearest <b>training</b> image. A synthetic image closer to "
             "a training image than real training images usually are to each other is flagged as a near-copy: for "
             "patient data that is a privacy leak, and for the downstream check it is no new information.</p>"
-            f"{_figure(table, _e(rule))}</section>")
+            f"{_figure(table, caption)}{grid_html}</section>")
 
 
 def _section_selection(sel: dict) -> str:
