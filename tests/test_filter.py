@@ -81,6 +81,19 @@ def test_filter_keeps_in_manifold_and_reports_acceptance():
     assert rep_robust["robust_quantile"] == 0.5 and 0 < len(kept_robust) <= len(kept)
 
 
+def test_held_out_real_images_calibrate_the_acceptance_rate():
+    """Fresh real images of the same distribution mostly pass (the rate a perfect generator would get);
+    the same images with swapped labels do not, in class mode."""
+    from synthmed.selection.filter import held_out_acceptance
+
+    real, held_out = real_set(40, seed=0), real_set(30, seed=7)
+    ref = held_out_acceptance(real, held_out, PixelExtractor(), mode="class", robust_quantile=None)
+    assert ref["n"] == 60 and ref["accepted"] == round(ref["acceptance_rate"] * 60)
+    assert ref["acceptance_rate"] > 0.8 and set(ref["per_class"]) == {"dark", "bright"}
+    swapped = ImageDataset(held_out.images, 1 - held_out.labels, held_out.class_names, name="swapped")
+    assert held_out_acceptance(real, swapped, PixelExtractor(), mode="class", robust_quantile=None)["accepted"] == 0
+
+
 def test_class_mode_drops_mislabelled_images():
     real = real_set()
     syn = StubGenerator([1.0, 1.0]).sample([10, 10], seed=4)

@@ -161,7 +161,7 @@ def cmd_filter(args) -> int:
     from synthmed.data.export import save_image_set
     from synthmed.generators.base import atomic_write_json
     from synthmed.runtime import resolve_device, set_threads
-    from synthmed.selection.filter import filter_synthetic, generate_until
+    from synthmed.selection.filter import filter_synthetic, generate_until, held_out_acceptance
 
     set_threads(args.threads)
     device = resolve_device(args.device or "auto")
@@ -191,14 +191,20 @@ def cmd_filter(args) -> int:
         extractor = pipeline.feature_extractor(cfg, judge, device)
         kept, report = filter_synthetic(synthetic, splits.train, extractor, mode=args.mode, threshold=args.threshold,
                                         k=args.k)
+    reference = held_out_acceptance(splits.train, splits.val, extractor, mode=args.mode, threshold=args.threshold,
+                                    k=args.k)
+    report["real_val_acceptance"] = reference
     out = Path(args.out)
     save_image_set(kept, out)
     atomic_write_json(report, out / "filter_report.json")
     for name, e in (report.get("per_class") or {}).items():
         accepted = e.get("accepted", e.get("kept", 0))
         rate = accepted / e["generated"] if e.get("generated") else float("nan")
+        ref_rate = reference["per_class"].get(name)
         print(f"{name:>20}: kept {e.get('kept')} ({accepted} of {e.get('generated')} generated passed, "
-              f"acceptance {rate:.2f})")
+              f"acceptance {rate:.2f}; real validation images: {'-' if ref_rate is None else f'{ref_rate:.2f}'})")
+    print(f"real validation images passing the same filter: {reference['accepted']} of {reference['n']} "
+          f"({reference['acceptance_rate']:.2f}), what a generator indistinguishable from real data would get")
     print(f"filtered set: {out.resolve()}")
     return 0
 
