@@ -205,6 +205,11 @@ def cmd_filter(args) -> int:
               f"acceptance {rate:.2f}; real validation images: {'-' if ref_rate is None else f'{ref_rate:.2f}'})")
     print(f"real validation images passing the same filter: {reference['accepted']} of {reference['n']} "
           f"({reference['acceptance_rate']:.2f}), what a generator indistinguishable from real data would get")
+    too_strict = [c for c, r in reference["per_class"].items() if r is not None and r < 0.1]
+    if too_strict:
+        print(f"warning: the filter rejects over 90% of the REAL validation images of {too_strict}: for these "
+              "classes it is too strict to tell good synthetic images from bad (typical for small classes in "
+              "class mode); lower --threshold or use --mode global", file=sys.stderr)
     print(f"filtered set: {out.resolve()}")
     return 0
 

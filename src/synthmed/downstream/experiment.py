@@ -243,7 +243,10 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
                 plan = build_plan(p, subset, pool, ProtocolOptions(cfg.synthetic_ratio, tuple(cfg.augmentations), seed))
             except NotEnoughSyntheticError as e:
                 kept = "" if f == "none" else f" after the {f!r} realism filter kept {_counts(pool)}"
-                raise NotEnoughSyntheticError(f"repeat {rid}{kept}: {e}") from None
+                hint = ("" if f == "none" else
+                        f"; raise downstream.oversample (now {cfg.oversample:g}) so that the pool is larger than "
+                        "what the protocols need by the filter's rejection rate")
+                raise NotEnoughSyntheticError(f"repeat {rid}{kept}: {e}{hint}") from None
             result = _run_cell(plan, splits, cfg, seed, device)
             cell = {"repeat": str(rid), "protocol": p, "filter": f, "seed": seed, "config_hash": cell_hash(i, p, f),
                     "train": _describe(subset),

@@ -60,8 +60,10 @@ def render_downstream_experiment(result: dict) -> str:
     n_rep, n_test = result.get("n_repeats"), result.get("n_test")
     conf = round(100 * result.get("confidence", 0.95))
     clf = result.get("classifier") or {}
+    budget = (f"{clf.get('steps')} optimizer steps for every protocol, validated every {clf.get('eval_every')}"
+              if clf.get("steps") else f"up to {clf.get('epochs')} epochs")
     clf_text = (f"{clf.get('arch')} ({clf.get('optimizer')}, lr {clf.get('lr')}, batch {clf.get('batch_size')}, "
-                f"up to {clf.get('epochs')} epochs, early stopping on real validation loss)") if clf else "–"
+                f"{budget}, early stopping on real validation loss)") if clf else "–"
     caption = (f"{n_rep} repeat{'s' if n_rep != 1 else ''}; scored on the real test split (n={n_test}); "
                f"classifier {clf_text}.")
 
