@@ -160,6 +160,17 @@ def test_guard_generator_of_another_subset_needs_reuse_and_warns(tmp_path, spy):
     assert not any("repeat s0" in w for w in res["warnings"])
 
 
+def test_one_generator_for_seed_repeats_on_the_whole_split_warns(tmp_path, spy):
+    """Repeats over seeds on the full training split with reuse_generator: every repeat's generator
+    fingerprint is its own data, yet it is one generator, and the output must say so."""
+    seeds = [(f"seed{j}", SPLITS.train, j) for j in range(2)]
+    shared = SyntheticFor(fingerprint=SPLITS.train.fingerprint())
+    res = run(tmp_path, protocols=("baseline", "mix"), synthetic_for=shared, repeats=seeds, reuse_generator=True)
+    assert any("one generator served all 2 repeats" in w for w in res["warnings"])
+    fresh = run(tmp_path / "b", protocols=("baseline", "mix"), synthetic_for=shared, repeats=seeds)
+    assert not fresh["warnings"]
+
+
 def test_guard_synthetic_copy_of_a_test_image(tmp_path, spy):
     pool = toy(12, 100, synthetic=True)
     pool.images[5] = SPLITS.test.images[3]

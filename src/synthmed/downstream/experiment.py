@@ -300,6 +300,12 @@ def _assemble(splits, protocols, filters, repeats, cfg, cells, groups, confidenc
                             f"this repeat's subset {subset.fingerprint()}); the spread over repeats then leaves out "
                             f"the variation between generators, so the intervals are too narrow for the question "
                             f"'does a generator trained on my data help?'")
+    if reuse_generator and len(repeats) > 1 and any(c["generator_fingerprint"] for c in cells.values()) \
+            and not warnings:
+        # seeds on the whole training split: every repeat's data is the generator's, but it is ONE generator
+        warnings.append(f"one generator served all {len(repeats)} repeats (reuse_generator): the spread over "
+                        "repeats leaves out the variation between generators, so the intervals are too narrow for "
+                        "the question 'does a generator trained on my data help?'")
     if len(repeats) < 2:
         warnings.append("a single repeat: no standard deviation or confidence interval; run at least 3 (5 is better)")
     compositions = {}

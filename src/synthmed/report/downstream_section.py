@@ -60,7 +60,7 @@ def render_downstream_experiment(result: dict) -> str:
     n_rep, n_test = result.get("n_repeats"), result.get("n_test")
     conf = round(100 * result.get("confidence", 0.95))
     clf = result.get("classifier") or {}
-    budget = (f"{clf.get('steps')} optimizer steps for every protocol, validated every {clf.get('eval_every')}"
+    budget = (f"{clf.get('steps')} optimizer steps for every protocol, validated every {clf.get('eval_every')} steps"
               if clf.get("steps") else f"up to {clf.get('epochs')} epochs")
     clf_text = (f"{clf.get('arch')} ({clf.get('optimizer')}, lr {clf.get('lr')}, batch {clf.get('batch_size')}, "
                 f"{budget}, early stopping on real validation loss)") if clf else "–"
