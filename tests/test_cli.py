@@ -174,4 +174,7 @@ def test_run_with_realism_filter_records_selection(tmp_path):
         assert e["kept"] <= e["requested"] == 4 and e["generated"] <= e["budget"]
     kept = load_image_set(tmp_path / "sel" / "samples")
     assert len(kept) == sum(e["kept"] for e in sel["per_class"].values())
-    assert "Realism filtering" in (tmp_path / "sel" / "report.html").read_text()
+    report = (tmp_path / "sel" / "report.html").read_text()
+    assert "Realism filtering" in report and "real validation images passing" in report
+    # R >= 0 passes every real validation image too
+    assert sel["real_val_acceptance"]["acceptance_rate"] == 1.0

@@ -717,17 +717,26 @@ def _section_memorisation(audit: dict) -> str:
 
 def _section_selection(sel: dict) -> str:
     per_class = sel.get("per_class") or {}
+    reference = sel.get("real_val_acceptance") if isinstance(sel.get("real_val_acceptance"), Mapping) else {}
+    ref_rates = reference.get("per_class") or {}
     rows = []
     for c, e in per_class.items():
         if isinstance(e, Mapping):
             generated, accepted = e.get("generated"), e.get("accepted", e.get("kept"))
             rate = e.get("acceptance_rate", accepted / generated if generated and accepted is not None else None)
-            rows.append([_e(c), _num(generated), _num(e.get("kept")), _frac(rate)])
-    table = _table(["class", "generated", "kept", "acceptance"], rows, numeric={1, 2, 3})
+            row = [_e(c), _num(generated), _num(e.get("kept")), _frac(rate)]
+            if reference:
+                row.append(_frac(ref_rates.get(c)))
+            rows.append(row)
+    header = ["class", "generated", "kept", "acceptance"] + (["real validation images passing"] if reference else [])
+    table = _table(header, rows, numeric={1, 2, 3, 4})
+    calibration = ("<p>The last column applies the same filter to real validation images: the rate a generator "
+                   "indistinguishable from real data would get. A class where real images rarely pass is one the "
+                   "filter cannot judge.</p>") if reference else ""
     return ('<section id="selection"><h2>Realism filtering</h2>'
             f"<p>Mode <b>{_e(sel.get('mode'))}</b>, threshold R ≥ {_num(sel.get('threshold'))}, k = {_num(sel.get('k'))} "
             "(realism score of Kynkäänniemi et al. 2019). Only kept images are used downstream.</p>"
-            f"{table}</section>")
+            f"{table}{calibration}</section>")
 
 
 def _section_provenance(results: dict) -> str:
