@@ -86,6 +86,9 @@ def test_nearest_neighbour_distances_are_exact_despite_float32_search():
         np.testing.assert_array_equal(idx, np.argsort(e, axis=1)[:, :k])
         np.testing.assert_allclose(dist, np.sort(e, axis=1)[:, :k], rtol=1e-12, atol=0)
         assert (dist[:5, 0] == 0).all()
+    # no reference rows: no neighbours, not an error
+    dist, idx = nearest_neighbours(query, ref[:0], 2)
+    assert np.isinf(dist).all() and (idx == -1).all()
     # excluding each point's own group gives its nearest OTHER point
     ids = np.arange(len(ref))
     dist, idx = nearest_neighbours(ref, ref, 1, query_groups=ids, ref_groups=ids)

@@ -40,7 +40,7 @@ def _as_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 1:  # 1-D points
         x = x[:, None]
-    return x.reshape(len(x), -1)
+    return x.reshape(len(x), int(np.prod(x.shape[1:])))  # not -1: an empty set keeps its width
 
 
 def _block_sizes(n_query: int, n_ref: int, chunk: int | None) -> tuple[int, int]:
@@ -102,6 +102,8 @@ def _exact_sq_distances(query: np.ndarray, ref: np.ndarray, index: np.ndarray, s
     """float64 squared distances between each query row and the reference rows ``index`` (Nq, k)
     names; ``inf`` where the index is -1 (no neighbour)."""
     out = np.full(index.shape, np.inf)
+    if len(ref) == 0:
+        return out
     for s in range(0, len(query), rows):
         idx = index[s : s + rows]
         ok = idx >= 0
