@@ -161,7 +161,7 @@ def cmd_filter(args) -> int:
     from synthmed.data.export import save_image_set
     from synthmed.generators.base import atomic_write_json
     from synthmed.runtime import resolve_device, set_threads
-    from synthmed.selection.filter import filter_synthetic, generate_until, held_out_acceptance
+    from synthmed.selection.filter import filter_synthetic, generate_until
 
     set_threads(args.threads)
     device = resolve_device(args.device or "auto")
@@ -182,7 +182,7 @@ def cmd_filter(args) -> int:
         kept, report = generate_until(gen, splits.train, extractor, args.per_class, mode=args.mode,
                                       threshold=args.threshold, k=args.k, budget_factor=args.budget_factor,
                                       seed=args.seed if args.seed is not None else cfg.seed + 1,
-                                      progress=not args.quiet)
+                                      held_out=splits.val, progress=not args.quiet)
     else:
         synthetic = pipeline.resolve_synthetic(args.source)
         cfg, splits = pipeline.resolve_real(real_spec, image_size=synthetic.image_size,
@@ -190,10 +190,8 @@ def cmd_filter(args) -> int:
         judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
         extractor = pipeline.feature_extractor(cfg, judge, device)
         kept, report = filter_synthetic(synthetic, splits.train, extractor, mode=args.mode, threshold=args.threshold,
-                                        k=args.k)
-    reference = held_out_acceptance(splits.train, splits.val, extractor, mode=args.mode, threshold=args.threshold,
-                                    k=args.k)
-    report["real_val_acceptance"] = reference
+                                        k=args.k, held_out=splits.val)
+    reference = report["real_val_acceptance"]
     out = Path(args.out)
     save_image_set(kept, out)
     atomic_write_json(report, out / "filter_report.json")

@@ -167,16 +167,14 @@ def feature_extractor(cfg: RunConfig, judge, device: str):
 def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, counts: list[int], *,
                 seed: int | None = None, quiet: bool = False) -> tuple[ImageDataset, dict]:
     """Generate until ``counts`` images per class pass the realism filter (or the budget is spent)."""
-    from synthmed.selection.filter import generate_until, held_out_acceptance
+    from synthmed.selection.filter import generate_until
 
     sel = cfg.select
     t0 = time.time()
+    # held_out: the real validation images under the same filter, what a perfect generator would get
     kept, report = generate_until(gen, splits.train, extractor, counts, mode=sel.mode, threshold=sel.threshold,
                                   k=sel.k, budget_factor=sel.budget_factor, seed=cfg.seed + 1 if seed is None else seed,
-                                  progress=not quiet)
-    # what a generator indistinguishable from the real data would get under the same filter
-    report["real_val_acceptance"] = held_out_acceptance(splits.train, splits.val, extractor, mode=sel.mode,
-                                                        threshold=sel.threshold, k=sel.k)
+                                  held_out=splits.val, progress=not quiet)
     kept.meta.update({"generator": gen.kind, "space": gen.cfg.space, "sampler": gen.cfg.sampler,
                       "steps": gen.cfg.sample_steps, "guidance": gen.cfg.guidance,
                       "train_fingerprint": gen.train_fingerprint, "seconds": time.time() - t0,
