@@ -79,12 +79,17 @@ def test_load_boxes_csv_both_layouts(tmp_path):
     assert load_boxes_csv(b) == {"1.png": (1, 2, 31, 40)}
     c = tmp_path / "c.csv"
     c.write_text("name,left,top\n")
-    with pytest.raises(DataError, match="path,x0,y0,x1,y1 or filename,xmin"):
+    with pytest.raises(DataError, match=r"image,label,x0,y0,x1,y1\[,patient_id\].*found \['name', 'left', 'top'\]"):
         load_boxes_csv(c)
     d = tmp_path / "d.csv"
     d.write_text("path,x0,y0,x1,y1\n1.png,5,5,2,9\n")
-    with pytest.raises(DataError, match="row 1: box"):
+    with pytest.raises(DataError, match=r"row 1 \(line 2\): box .* is empty"):
         load_boxes_csv(d)
+    # a second row for an image used to replace the first silently; now both rows are named
+    e = tmp_path / "e.csv"
+    e.write_text("image,x0,y0,x1,y1\n1.png,1,1,9,9\n2.png,1,1,9,9\n1.png,2,2,8,8\n")
+    with pytest.raises(DataError, match=r"1\.png has two rows: e\.csv row 1 \(line 2\) and e\.csv row 3 \(line 4\)"):
+        load_boxes_csv(e)
 
 
 def test_load_voc_boxes(tmp_path):
@@ -93,9 +98,17 @@ def test_load_voc_boxes(tmp_path):
         "<object><name>oocyte</name><bndbox><xmin>10</xmin><ymin>12</ymin><xmax>50</xmax><ymax>60</ymax></bndbox>"
         "</object><object><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
         "</annotation>")
-    assert load_voc_boxes(tmp_path) == {"one.jpg": (10, 12, 50, 60)}  # first object only
-    (tmp_path / "bad.xml").write_text("<annotation><filename>x.jpg</filename></annotation>")
-    with pytest.raises(DataError, match=r"bad\.xml: needs"):
+    # two boxes, one named: taking the first silently is what the blood-smear report was about
+    with pytest.raises(DataError, match=r"one\.jpg: its boxes carry several names \['\(unnamed\)', 'oocyte'\]"
+                                        r".*roi_class"):
+        load_voc_boxes(tmp_path)
+    assert load_voc_boxes(tmp_path, roi_class="oocyte") == {"one.jpg": (10, 12, 50, 60)}
+    (tmp_path / "bad.xml").write_text("<annotation><object><name>a</name></object></annotation>")
+    with pytest.raises(DataError, match=r"bad\.xml: needs a <filename>"):
+        load_voc_boxes(tmp_path)
+    (tmp_path / "bad.xml").write_text("<annotation><filename>x.jpg</filename><object><name>a</name></object>"
+                                      "</annotation>")
+    with pytest.raises(DataError, match=r"bad\.xml object 1: needs a <bndbox>"):
         load_voc_boxes(tmp_path)
 
 

@@ -288,6 +288,43 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_data_crops(args) -> int:
+    import warnings
+
+    from synthmed.data.crops import SKIP_REASONS, crop_boxes
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = crop_boxes(args.boxes, args.images, args.to, classes=classes, min_size=args.min_size, pad=args.pad,
+                         square=args.square, patient_column=args.patient_column)
+    print(f"{rep['total_written']} crop(s) from {rep['boxes_read']} box(es) in {rep['images_with_boxes']} image(s); "
+          f"patient_id = {rep['patients']}")
+    for name, n in rep["written"].items():
+        print(f"  {name}: {n}")
+    skipped = {k: v for k, v in rep["skipped"].items() if v}
+    if skipped:
+        parts = []
+        for reason, n in skipped.items():
+            detail = (" (" + ", ".join(f"{c}={k}" for c, k in rep["other_class"].items()) + ")"
+                      if reason == "other_class" else "")
+            parts.append(f"{n} {SKIP_REASONS[reason]}{detail}")
+        print(f"skipped {sum(skipped.values())} box(es): " + "; ".join(parts))
+        for s in rep["skipped_boxes"][:5]:
+            print(f"  {s['where']}: {s['label']} {tuple(s['box'])} {s['reason']}")
+        if len(rep["skipped_boxes"]) > 5:
+            print(f"  ... {len(rep['skipped_boxes']) - 5} more in crops_report.json")
+    if rep["clipped"]:
+        print(f"clipped to the image border (kept): {len(rep['clipped'])} box(es)")
+    if rep["annotations_without_boxes"]:
+        print(f"annotation file(s) with no box: {len(rep['annotations_without_boxes'])} "
+              f"({', '.join(rep['annotations_without_boxes'][:5])})")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(f"written: {rep['manifest']} (use --dataset csv:{rep['manifest']})")
+    return 0
+
+
 def cmd_presets(args) -> int:
     import yaml
 
@@ -416,6 +453,20 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--k", type=int, default=1, help="number of non-overlapping subsets")
             d.add_argument("--fraction", type=float, help="fraction of the training split per subset (with --k)")
         d.set_defaults(func=cmd_data)
+    help_ = "one crop per box of a VOC folder or box CSV, labelled by the box's name, to --to"
+    d = dsub.add_parser("crops", help=help_, description=help_ + "; writes <class>/*.png, manifest.csv (for csv:) "
+                        "and crops_report.json. Box CSV columns: image,label,x0,y0,x1,y1[,patient_id].")
+    d.add_argument("--boxes", required=True, help="folder of Pascal VOC .xml files, or a box CSV")
+    d.add_argument("--images", required=True, help="folder holding the images the boxes refer to")
+    d.add_argument("--to", required=True, help="output folder (new or empty)")
+    d.add_argument("--classes", help="comma list of box names to keep (default: all); others are counted and skipped")
+    d.add_argument("--min-size", type=int, default=0, metavar="PX", help="skip boxes whose short side is under PX")
+    d.add_argument("--pad", type=float, default=0.0, metavar="FRACTION",
+                   help="widen each box by this fraction per side")
+    d.add_argument("--square", action="store_true", help="square crops (short side widened to the long one)")
+    d.add_argument("--patient-column", help="box CSV column with patient ids (default patient_id if present, "
+                   "else the source image)")
+    d.set_defaults(func=cmd_data_crops)
 
     q = sub.add_parser("presets", help="list presets, or show one", description="list presets, or show one")
     q.add_argument("--show", metavar="NAME")

@@ -45,6 +45,10 @@ class DataConfig:
     imbalance_ratio: float = 1.0
     #: region of interest: "none", "auto" (one round object per image), or "boxes:PATH" (CSV or VOC folder)
     roi: str = "none"
+    #: roi boxes:PATH only: which box name to crop when an image's boxes carry several names (e.g. "WBC")
+    roi_class: str | None = None
+    #: roi boxes:PATH only: several boxes of the taken name in one image: "error" or "largest" (crop the largest)
+    roi_multiple: str = "error"
     #: training images pixel-identical to a val/test image: "drop" (from train, reported), "error", "keep"
     cross_split_duplicates: str = "drop"
     #: optional explicit class list (order = label index); labels outside it are an error
@@ -307,6 +311,7 @@ def validate(cfg: RunConfig) -> None:
         "data.resize_policy": (cfg.data.resize_policy, {"resize", "error"}),
         "data.split": (cfg.data.split, {"official", "auto", "random"}),
         "data.cross_split_duplicates": (cfg.data.cross_split_duplicates, {"drop", "error", "keep"}),
+        "data.roi_multiple": (cfg.data.roi_multiple, {"error", "largest"}),
         "device": (cfg.device, {"auto", "cpu", "cuda"}),
         "select.mode": (cfg.select.mode, {"none", "global", "class"}),
         "evaluate.real_split": (cfg.evaluate.real_split, {"train", "val", "test"}),

@@ -566,7 +566,9 @@ def load_dataset(cfg: DataConfig, *, seed: int | None = None, download: bool = F
     if cfg.roi.startswith("boxes:") and not file_source:
         raise DataError(f"roi = {cfg.roi!r} needs a file-based dataset (folder:PATH or csv:PATH); "
                         f"{spec!r} has no image files to match boxes to")
-    roi_fn = make_roi_fn(cfg.roi) if file_source else None
+    # built for every source so a roi_class / roi_multiple that cannot apply is refused, not ignored
+    roi_fn = make_roi_fn(cfg.roi, roi_class=cfg.roi_class, multiple=cfg.roi_multiple)
+    roi_fn = roi_fn if file_source else None
     auto_roi_later = cfg.roi == "auto" and not file_source
     steps: list[str] = []
     full: ImageDataset | None = None
@@ -587,7 +589,11 @@ def load_dataset(cfg: DataConfig, *, seed: int | None = None, download: bool = F
         if full.meta.get("duplicates"):
             steps.append(f"{len(full.meta['duplicates'])} exact duplicate image(s) kept")
         if roi_fn is not None:
-            steps.append(f"ROI crop {cfg.roi} at full resolution ({len(full.meta['roi'].get('fallbacks', []))} "
+            roi = full.meta["roi"]
+            chosen = "".join([f", boxes named {cfg.roi_class!r}" if cfg.roi_class else "",
+                              f", largest of several in {len(roi['largest_of_several'])} image(s)"
+                              if roi.get("largest_of_several") else ""])
+            steps.append(f"ROI crop {cfg.roi} at full resolution{chosen} ({len(roi.get('fallbacks', []))} "
                          "fallback(s) to the full frame)")
         steps.append(f"images brought to {cfg.image_size}px "
                      f"(resize_policy {cfg.resize_policy}: centre-crop + bilinear)")
