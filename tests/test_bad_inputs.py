@@ -1,5 +1,5 @@
 """Bad inputs at the edges: every one ends in exit code 2 and one `error:` line that names what is wrong,
-before any work starts (no run folder, no training, no generator loaded).
+before any work starts (no data step, no training, no generator loaded).
 
 To add a case, add a row to BAD_INPUTS: (id, argv, phrase or tuple of phrases that must all appear in the
 message). argv may use the placeholders of `workspace` ({run}, {syn}, {real}, ...).
@@ -96,6 +96,9 @@ BAD_INPUTS = [
      "no class for the real class(es) ['normal, benign']"),
     ("evaluate-n-boot", ["evaluate", "folder:{real}", "{syn}", "--n-boot", "-1"], "--n-boot: evaluate.n_boot = -1"),
     ("evaluate-k", ["evaluate", "folder:{real}", "{syn}", "--k", "0"], "evaluate.k = 0: must be >= 1"),
+    ("evaluate-extractor", ["evaluate", "folder:{real}", "{syn}", "--extractor", "incepton"],
+     ("evaluate.extractor = 'incepton': unknown feature extractor", "inception")),
+    ("run-extractor", ["demo", "--set", "evaluate.extractor=incepton"], "unknown feature extractor"),
     ("evaluate-set", ["evaluate", "folder:{real}", "{syn}", "--set", "evaluate.judge.epochs=0"],
      "evaluate.judge.epochs = 0"),
     ("filter-threshold", ["filter", "{syn}", "--real", "folder:{real}", "--threshold", "-1", "--out", "{tmp}/f"],
@@ -161,7 +164,8 @@ def no_work(monkeypatch, tmp_path):
     def started(*args, **kwargs):
         raise AssertionError("work started before the bad input was reported")
 
-    for name in ("prepare", "step_judge", "load_run_generator", "step_downstream_experiment", "step_sample"):
+    for name in ("step_data", "step_train", "step_judge", "load_run_generator", "step_downstream_experiment",
+                 "step_sample"):
         monkeypatch.setattr(pipeline, name, started)
     monkeypatch.setattr(DiffusionGenerator, "fit", started)
     monkeypatch.chdir(tmp_path)  # a `demo` that got through would write runs/ here

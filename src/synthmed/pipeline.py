@@ -44,6 +44,9 @@ def _log(msg: str, quiet: bool) -> None:
 
 def prepare(cfg: RunConfig) -> tuple[Path, str]:
     """Create the run folder, write the resolved config, set threads/seed; return (dir, device)."""
+    from synthmed.features.registry import check_extractor_name
+
+    check_extractor_name(cfg.evaluate.extractor)  # used only after training: a typo must stop the run now
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -348,10 +351,15 @@ def real_config(source: str, *, data_root: str | None = None, overrides: dict | 
     as from --set) on top. Checked before any image is read."""
     from synthmed.config import load_config, merge
 
+    from synthmed.features.registry import check_extractor_name
+
     p = Path(source)
     if (p / "config.yaml").is_file():
-        return load_config(p / "config.yaml", overrides=overrides)
-    return load_config(overrides=merge({"data": {"dataset": source, "data_root": data_root}}, overrides or {}))
+        cfg = load_config(p / "config.yaml", overrides=overrides)
+    else:
+        cfg = load_config(overrides=merge({"data": {"dataset": source, "data_root": data_root}}, overrides or {}))
+    check_extractor_name(cfg.evaluate.extractor)
+    return cfg
 
 
 def resolve_real(source: str, *, image_size: int | None = None, channels: int | None = None,
