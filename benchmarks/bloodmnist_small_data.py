@@ -21,6 +21,7 @@ Writes benchmarks/results/bloodmnist_small_data.{json,md} (or --out).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from synthmed.config import load_config
+from synthmed.config import load_config, validate
 from synthmed.data.sources import load_dataset
 from synthmed.data.splits import disjoint_subsets, make_imbalanced
 from synthmed.downstream.experiment import format_results_table
@@ -157,7 +158,9 @@ def main() -> None:
 
 
 def _run(cfg, args, splits, device, repeats, key, protocols):
-    cfg.downstream.protocols = protocols
+    # a new, checked config per group of protocols (a checked config is never changed in place)
+    cfg = dataclasses.replace(cfg, downstream=dataclasses.replace(cfg.downstream, protocols=list(protocols)))
+    validate(cfg)
     res = step_downstream_experiment(cfg, args.work, splits, device, repeats=repeats, exp_dir=args.work / key,
                                      quiet=False)
     print(format_results_table(res["summary"]), flush=True)

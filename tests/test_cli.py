@@ -178,3 +178,37 @@ def test_run_with_realism_filter_records_selection(tmp_path):
     assert "Realism filtering" in report and "real validation images passing" in report
     # R >= 0 passes every real validation image too
     assert sel["real_val_acceptance"]["acceptance_rate"] == 1.0
+
+
+def test_sample_flags_and_set_apply_to_the_runs_saved_config(demo_run, tmp_path):
+    assert main(["sample", str(demo_run), "--per-class", "1", "--steps", "2", "--sampler", "ddim", "--threads", "1",
+                 "--set", "generator.guidance=1.0", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    meta = load_image_set(tmp_path / "s").meta
+    assert (meta["steps"], meta["sampler"], meta["guidance"]) == (2, "ddim", 1.0)
+    saved = (demo_run / "config.yaml").read_text()
+    assert "sampler: dpmsolver++" in saved  # the run's own config file is left as it was
+
+
+def test_evaluate_reads_synthmeds_own_sample_folder_through_folder(tmp_path, capsys):
+    from synthmed.data.dataset import ImageDataset
+    from synthmed.data.export import save_image_set
+
+    names = ["malignant", "normal, benign"]  # BreastMNIST: written to disk as malignant/, normal_benign/
+    rng = np.random.default_rng(0)
+    for name, value in zip(names, (60, 190)):
+        (tmp_path / "real" / name).mkdir(parents=True)
+        for i in range(10):
+            arr = np.clip(rng.normal(value, 20, (16, 16)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / "real" / name / f"{i}.png")
+    images = np.clip(np.concatenate([rng.normal(v, 20, (4, 16, 16, 1)) for v in (60, 190)]), 0, 255).astype(np.uint8)
+    save_image_set(ImageDataset(images, np.repeat([0, 1], 4), names, synthetic=True), tmp_path / "syn")
+    argv = ["evaluate", f"folder:{tmp_path / 'real'}", f"folder:{tmp_path / 'syn'}", "--out", str(tmp_path / "ev"),
+            "--n-boot", "0", "--no-memorisation", "--threads", "1", "--quiet", "--set", "evaluate.judge.steps=2",
+            "--set", "evaluate.judge.eval_every=1", "--set", "evaluate.judge.widths=[4,8]",
+            "--set", "evaluate.metrics=[fid]"]
+    assert main(argv) == 0
+    audit = json.loads((tmp_path / "ev" / "evaluation" / "judge_and_audit.json").read_text())
+    ca = audit["conditional_accuracy"]
+    assert ca["class_names"] == names and ca["synthetic"]["n"] == 8
+    assert [ca["per_class"][name]["n"] for name in names] == [4, 4]
+    assert "memorisation" not in audit

@@ -48,3 +48,121 @@ def test_bad_values_are_explained():
         load_config(overrides={"generator": {"sampler": "euler"}})
     with pytest.raises(ConfigError, match="not divisible"):
         load_config(overrides={"data": {"image_size": 30}, "generator": {"block_out_channels": [8, 16, 16]}})
+
+
+# --------------------------------------------------------------------------- types and ranges
+
+from dataclasses import fields, is_dataclass  # noqa: E402
+from typing import get_type_hints  # noqa: E402
+
+from synthmed import config as C  # noqa: E402
+
+
+def _leaf_fields(cls, where=""):
+    """(dotted key, type hint) of every non-section field, found from the dataclasses themselves."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if is_dataclass(hints[f.name]):
+            yield from _leaf_fields(hints[f.name], key)
+        else:
+            yield key, hints[f.name]
+
+
+def _nested(dotted, value):
+    over: dict = {}
+    d = over
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+    return over
+
+
+def test_every_field_refuses_a_value_of_the_wrong_type():
+    # covers fields added later without touching this test: the check comes from the type hints
+    checked = 0
+    for key, hint in _leaf_fields(C.RunConfig):
+        inner, _optional = C._unpack_optional(hint)
+        if inner is str:
+            bad = {"x": 1}
+        elif inner in (int, float, bool) or getattr(inner, "__origin__", None) is list:
+            bad = "abc"
+        else:
+            continue
+        with pytest.raises(ConfigError, match=f"^{key.replace('.', r'[.]')} = "):
+            load_config(overrides=_nested(key, bad))
+        checked += 1
+    assert checked > 60
+
+
+def test_lossless_conversions_are_accepted():
+    cfg = load_config(overrides={"generator": {"lr": 1, "train_steps": 300.0, "guidance": "1.5e0"},
+                                 "data": {"classes": [0, 1]}, "evaluate": {"judge": {"lr": "1e-3"}}})
+    assert cfg.generator.lr == 1.0 and isinstance(cfg.generator.lr, float)
+    assert cfg.generator.train_steps == 300 and isinstance(cfg.generator.train_steps, int)
+    assert cfg.generator.guidance == 1.5 and cfg.evaluate.judge.lr == 0.001  # YAML 1.1 reads 1e-3 as text
+    assert cfg.data.classes == ["0", "1"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"generator": {"lr": "abc"}}, "generator.lr = 'abc': expected a number (float), e.g. 0.001"),
+    ({"generator": {"train_steps": 1.5}}, "generator.train_steps = 1.5: expected a whole number (int)"),
+    ({"downstream": {"seeds": "abc"}}, "downstream.seeds = 'abc': expected a list of whole numbers, e.g. [0,"),
+    ({"generator": {"batch_size": True}}, "expected a whole number"),
+    ({"generator": {"attention": 0}}, "expected true or false"),
+    ({"samples_per_class": "all"}, "samples_per_class = 'all': expected a whole number (int) or null"),
+    ({"generator": {"lr": float("inf")}}, "finite"),
+])
+def test_wrong_types_name_key_value_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=override)
+    assert message in str(e.value)
+
+
+def test_every_rule_names_a_real_field_and_refuses_a_value_outside_it():
+    for cls, rules in C.RULES.items():
+        names = {f.name for f in fields(cls)}
+        assert set(rules) <= names, (cls.__name__, set(rules) - names)
+    r = C.Range(0, 1, hi_open=True)
+    assert r.ok(0) and r.ok(0.99) and not r.ok(1) and not r.ok(-0.01) and str(r) == "in [0, 1)"
+    assert C.Range(0, lo_open=True).ok(1e-9) and not C.Range(0, lo_open=True).ok(0)
+    for key, value, phrase in [("generator.train_steps", 0, ">= 1"), ("generator.lr", 0.0, "> 0"),
+                               ("generator.cond_dropout", 1.0, "[0, 1)"), ("data.val_fraction", 0.0, "(0, 1)"),
+                               ("select.budget_factor", 0.5, ">= 1"), ("downstream.seeds", [], "not be empty"),
+                               ("downstream.seeds", [0, -1], ">= 0"), ("evaluate.n_boot", -1, ">= 0"),
+                               ("downstream.protocols", ["mix", "mixx"], "'mixx' is not allowed"),
+                               ("data.channels", 2, "choose one of [1, 3]")]:
+        with pytest.raises(ConfigError, match=key.replace(".", "[.]")) as e:
+            load_config(overrides=_nested(key, value))
+        assert phrase in str(e.value), (key, str(e.value))
+    # the values at the edges pass, and so do None for optional fields and a ratio-R:S protocol
+    load_config(overrides={"data": {"val_fraction": 0.05, "train_per_class": None},
+                           "downstream": {"protocols": ["ratio-50:50", "ratio-sweep"], "seeds": [0]}})
+
+
+def test_names_checked_by_the_config_match_the_modules_that_own_them():
+    from synthmed.classifiers import AUGMENTATIONS
+    from synthmed.downstream.experiment import FILTERS
+    from synthmed.downstream.protocols import PROTOCOLS, RATIO_SWEEP, get_protocol
+    from synthmed.metrics.evaluate import KNOWN_METRICS
+
+    assert set(C.METRIC_NAMES) == set(KNOWN_METRICS)
+    assert set(C.AUGMENTATION_NAMES) == set(AUGMENTATIONS)
+    assert set(C.FILTER_NAMES) == set(FILTERS)
+    assert set(C.PROTOCOL_NAMES) == set(PROTOCOLS) | {"ratio-sweep"}
+    rule = C.RULES[C.DownstreamConfig]["protocols"].rule
+    for name in RATIO_SWEEP:
+        get_protocol(name)
+        assert rule.ok(name)
+
+
+def test_validated_config_can_be_replaced_and_checked_again():
+    import dataclasses
+
+    cfg = load_config()
+    bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=30))
+    with pytest.raises(ConfigError, match="not divisible"):
+        C.validate(bad)
+    C.validate(bad, for_training=False)  # only real data is loaded: the U-Net size does not matter
+    assert cfg.data.image_size == 32

@@ -367,3 +367,58 @@ def test_cross_split_duplicates_of_the_official_split():
     with pytest.raises(DataError, match="pixel-identical"):
         load_dataset(DataConfig(dataset="medmnist:bloodmnist", data_root=root, image_size=28,
                                 cross_split_duplicates="error"))
+
+
+# --------------------------------------------------------------------------- folder: of synthmed's own samples
+
+
+def test_own_sample_folder_reads_back_with_the_real_class_names(tmp_path):
+    from synthmed.data.export import align_classes, save_image_set
+
+    real_names = ["malignant", "normal, benign"]  # BreastMNIST: the second is no safe folder name
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (6, 12, 12, 1), dtype=np.uint8)
+    labels = np.array([1, 0, 1, 1, 0, 1])
+    saved = save_image_set(ImageDataset(images, labels, real_names, synthetic=True), tmp_path / "samples")
+    assert (saved / "normal_benign").is_dir()
+    back = load_folder(saved, image_size=12)
+    assert back.class_names == ["malignant", "normal_benign"]
+    aligned = align_classes(back, real_names, where="folder:samples")
+    assert aligned.class_names == real_names
+    assert aligned.class_counts() == [2, 4]
+    # the same images land in the same classes (order on disk differs from the order saved)
+    by_class = {name: sorted(im.tobytes() for im, lab in zip(aligned.images, aligned.labels) if lab == c)
+                for c, name in enumerate(real_names)}
+    assert by_class == {name: sorted(im.tobytes() for im, lab in zip(images, labels) if lab == c)
+                        for c, name in enumerate(real_names)}
+
+
+def test_align_classes_reorders_and_refuses_what_it_cannot_match():
+    from synthmed.data.export import align_classes
+
+    ds = ImageDataset(np.zeros((3, 8, 8, 1), np.uint8), [0, 1, 1], ["b", "a"])
+    out = align_classes(ds, ["a", "b"], where="x")
+    assert out.class_names == ["a", "b"] and out.labels.tolist() == [1, 0, 0]
+    with pytest.raises(DataError, match=r"\['c'\] match no class of the real data \['a', 'b', 'c d'\]"):
+        align_classes(ImageDataset(np.zeros((1, 8, 8, 1), np.uint8), [0], ["c"]), ["a", "b", "c d"], where="x")
+    with pytest.raises(DataError, match=r"no class for the real class\(es\) \['b'\]"):
+        align_classes(ImageDataset(np.zeros((1, 8, 8, 1), np.uint8), [0], ["a"]), ["a", "b"], where="x")
+    with pytest.raises(DataError, match="match several real classes"):  # "a b" and "a,b" are both folder a_b
+        align_classes(ImageDataset(np.zeros((1, 8, 8, 1), np.uint8), [0], ["a_b"]), ["a b", "a,b"], where="x")
+
+
+def test_csv_columns_are_strict_unless_listed(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rows = []
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / f"{i}.png")
+        rows.append(f"imgs/{i}.png,{'ab'[i % 2]},p{i // 2},note {i}")
+    (tmp_path / "m.csv").write_text("path,label,patient_id,notes\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"unknown column\(s\) \['notes'\].*data.extra_columns"):
+        load_csv(tmp_path / "m.csv")
+    ds = load_csv(tmp_path / "m.csv", extra_columns=["notes"])
+    assert ds.patient_ids.tolist() == ["p0", "p0", "p1", "p1"]
+    (tmp_path / "typo.csv").write_text("path,label,patientid\n" + "\n".join(r.rsplit(",", 1)[0] for r in rows))
+    with pytest.raises(DataError, match="did you mean 'patient_id' instead of 'patientid'"):
+        load_csv(tmp_path / "typo.csv")

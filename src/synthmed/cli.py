@@ -7,46 +7,124 @@ Every user mistake ends in one line ``error: <what> -- <how to fix>`` and exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
+import yaml
+
 from synthmed import __version__
-from synthmed.config import ConfigError, load_config, preset_names, set_dotted
+from synthmed.config import AT_LEAST_1, ConfigError, Range, check_rule, check_type, load_config, preset_names, set_dotted
 
 EXIT_USER_ERROR = 2
 
 
+class UsageError(Exception):
+    """A command line argparse cannot parse (unknown option, missing argument, bad value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line the way every other user error is reported
+    (one ``error:`` line, exit code 2) instead of printing the usage and exiting itself."""
+
+    def error(self, message):
+        raise UsageError(f"{message} -- see `{self.prog} --help`")
+
+
 # --------------------------------------------------------------------------- shared options
+#
+# A flag that stands for a config key (``--steps`` is generator.sample_steps) is declared with
+# `_config_flag`: its value is applied like ``--set KEY=VALUE`` before the config is loaded, so
+# it is type- and range-checked by synthmed.config with every other value, before any work. The
+# few flags that are no config key take their type from `_checked` (the same checks).
+
+
+def _config_flag(p: argparse.ArgumentParser, *flags: str, key: str, text: bool = False, **kwargs) -> None:
+    """``text``: the value is taken as it is typed (a path, a name), not parsed as YAML."""
+    action = p.add_argument(*flags, **kwargs)
+    keys = p.get_default("config_keys")
+    if keys is None:
+        keys = {}
+        p.set_defaults(config_keys=keys)
+    keys[action.dest] = (key, flags[0], text)
+
+
+def _given_flags(args) -> dict[str, tuple[str, object, bool]]:
+    """config key -> (flag, value, text) of the config flags on this command line."""
+    return {key: (flag, getattr(args, dest), text)
+            for dest, (key, flag, text) in (getattr(args, "config_keys", None) or {}).items()
+            if getattr(args, dest, None) is not None}
+
+
+def _checked(typ, rule=None):
+    """argparse ``type=`` for a flag that is not a config key: YAML-parsed, then the config's checks."""
+    def parse(text: str):
+        try:
+            value = check_type("value", yaml.safe_load(text), typ)
+            check_rule("value", value, rule)
+        except (ConfigError, yaml.YAMLError) as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value = ")) from None
+        return value
+    parse.__name__ = getattr(typ, "__name__", "value")
+    return parse
+
+
+def _comma_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _overrides_from_args(args) -> dict:
+    """--set KEY=VALUE and the config flags given, as nested overrides."""
+    overrides: dict = {}
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. generator.train_steps=500")
+        key, val = item.split("=", 1)
+        try:
+            set_dotted(overrides, key.strip(), val)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or "cannot be parsed"
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}) -- close brackets and "
+                              "quotes, or quote text that holds : [ ] { } #") from None
+    for key, (_flag, val, text) in _given_flags(args).items():
+        set_dotted(overrides, key, val if isinstance(val, str) and not text else json.dumps(val))
+    return overrides
+
+
+@contextlib.contextmanager
+def _naming_flags(args):
+    """A config error about a key the user gave as a flag also names the flag."""
+    try:
+        yield
+    except ConfigError as e:
+        given = _given_flags(args)
+        key = str(e).split(" ", 1)[0]
+        if key in given:
+            raise ConfigError(f"{given[key][0]}: {e}") from None
+        raise
 
 
 def _add_config_options(p: argparse.ArgumentParser, config_positional: bool = False) -> None:
     if config_positional:
         p.add_argument("config", nargs="?", help="YAML config file (keys as in `synthmed presets --show demo`)")
     p.add_argument("--preset", help=f"named preset: {', '.join(preset_names())}")
-    p.add_argument("--dataset", help="embryo | folder:PATH | csv:PATH | medmnist:FLAG")
-    p.add_argument("--data-root", help="folder holding MedMNIST <flag>.npz files (default ~/.medmnist)")
-    p.add_argument("--image-size", type=int, help="square image size every image is brought to")
-    p.add_argument("--name", help="run name (folder under --out)")
-    p.add_argument("--out", help="parent folder of run folders (default runs)")
-    p.add_argument("--seed", type=int, help="run seed")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _config_flag(p, "--dataset", key="data.dataset", text=True, help="embryo | folder:PATH | csv:PATH | medmnist:FLAG")
+    _config_flag(p, "--data-root", key="data.data_root", text=True,
+                 help="folder holding MedMNIST <flag>.npz files (default ~/.medmnist)")
+    _config_flag(p, "--image-size", key="data.image_size", help="square image size every image is brought to")
+    _config_flag(p, "--name", key="name", text=True, help="run name (folder under --out)")
+    _config_flag(p, "--out", key="out_dir", text=True, help="parent folder of run folders (default runs)")
+    _config_flag(p, "--seed", key="seed", help="run seed")
+    _config_flag(p, "--device", key="device", choices=["auto", "cpu", "cuda"])
+    _config_flag(p, "--threads", key="threads", help="torch CPU threads (default: the config's threads, 0 = all cores)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set generator.train_steps=500 (repeatable)")
 
 
 def _config_from_args(args, default_preset: str | None = None):
-    overrides: dict = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. generator.train_steps=500")
-        key, val = item.split("=", 1)
-        set_dotted(overrides, key.strip(), val)
-    direct = {"data.dataset": args.dataset, "data.data_root": args.data_root, "data.image_size": args.image_size,
-              "name": args.name, "out_dir": args.out, "seed": args.seed, "device": args.device}
-    for key, val in direct.items():
-        if val is not None:
-            set_dotted(overrides, key, json.dumps(val))
+    overrides = _overrides_from_args(args)
     config = getattr(args, "config", None)
     preset = args.preset or (None if config else default_preset)
     if args.dataset and args.dataset.startswith("medmnist:") and args.image_size is None and not config:
@@ -54,7 +132,8 @@ def _config_from_args(args, default_preset: str | None = None):
         overrides.setdefault("data", {}).setdefault("image_size", 28)
         if preset == "demo":
             overrides.setdefault("generator", {}).setdefault("block_out_channels", [32, 64, 64])
-    return load_config(config, preset=preset, overrides=overrides)
+    with _naming_flags(args):
+        return load_config(config, preset=preset, overrides=overrides)
 
 
 # --------------------------------------------------------------------------- verbs
@@ -89,17 +168,17 @@ def cmd_sample(args) -> int:
     if not (run_dir / "generator").is_dir():
         raise FileNotFoundError(f"{run_dir} has no trained generator (expected {run_dir / 'generator'}); "
                                 "run `synthmed train` first")
-    cfg = _load(run_dir / "config.yaml")
+    with _naming_flags(args):  # the run's saved config, with --set and the flags on top, checked
+        cfg = _load(run_dir / "config.yaml", overrides=_overrides_from_args(args))
     set_threads(cfg.threads)
-    device = resolve_device(args.device or cfg.device)
+    device = resolve_device(cfg.device)
     gen = pipeline.load_run_generator(run_dir, device=device)
-    n = args.per_class if args.per_class is not None else (cfg.samples_per_class or 100)
+    n = cfg.samples_per_class or 100
     folder = Path(args.out) if args.out else run_dir / "samples"
-    if args.steps or args.sampler:
-        gen.cfg.sample_steps = args.steps or gen.cfg.sample_steps
-        gen.cfg.sampler = args.sampler or gen.cfg.sampler
-    pipeline.step_sample(cfg, run_dir, gen, [n] * len(gen.class_names), guidance=args.guidance, seed=args.seed,
-                         folder=folder, quiet=args.quiet)
+    g = cfg.generator
+    pipeline.step_sample(cfg, run_dir, gen, [n] * len(gen.class_names), guidance=g.guidance,
+                         seed=cfg.seed if args.seed is not None else None, folder=folder, quiet=args.quiet,
+                         sampler=g.sampler, steps=g.sample_steps)
     print(f"samples: {folder.resolve()}")
     return 0
 
@@ -121,22 +200,18 @@ def cmd_report(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from synthmed import pipeline
-    from synthmed.config import EvaluateConfig
+    from synthmed.data.export import align_classes
     from synthmed.runtime import resolve_device, set_threads
 
-    set_threads(args.threads)
-    device = resolve_device(args.device or "auto")
+    with _naming_flags(args):  # every value checked before any image is read
+        cfg = pipeline.real_config(args.real, data_root=args.data_root, overrides=_overrides_from_args(args))
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     synthetic = pipeline.resolve_synthetic(args.synthetic)
     cfg, splits = pipeline.resolve_real(args.real, image_size=synthetic.image_size, channels=synthetic.channels,
-                                        data_root=args.data_root, download=args.download)
-    if args.seed is not None:
-        cfg.seed = args.seed
-    ev = cfg.evaluate if isinstance(cfg.evaluate, EvaluateConfig) else EvaluateConfig()
-    for key in ("extractor", "real_split", "n_boot", "k", "lpips_weights_dir"):
-        if getattr(args, key) is not None:
-            setattr(ev, key, getattr(args, key))
-    ev.lpips = ev.lpips or args.lpips
-    ev.memorisation = ev.memorisation and not args.no_memorisation
+                                        download=args.download, cfg=cfg)
+    synthetic = align_classes(synthetic, splits.class_names, where=args.synthetic)
+    ev = cfg.evaluate
     judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
     extractor = pipeline.feature_extractor(cfg, judge, device)
     out = Path(args.out) if args.out else _default_out(args.synthetic, "evaluation")
@@ -158,39 +233,42 @@ def _default_out(source: str, what: str) -> Path:
 
 def cmd_filter(args) -> int:
     from synthmed import pipeline
-    from synthmed.data.export import save_image_set
+    from synthmed.data.export import align_classes, save_image_set
     from synthmed.generators.base import atomic_write_json
     from synthmed.runtime import resolve_device, set_threads
     from synthmed.selection.filter import filter_synthetic, generate_until
 
-    set_threads(args.threads)
-    device = resolve_device(args.device or "auto")
     run_dir = Path(args.source)
     is_run = (run_dir / "config.yaml").is_file() and (run_dir / "generator").is_dir()
-    if args.per_class and not is_run:
-        raise ValueError("--per-class generates until N images pass, which needs a run folder with a trained "
-                         f"generator; {args.source} is not one")
     real_spec = args.real or (str(run_dir) if (run_dir / "config.yaml").is_file() else None)
     if real_spec is None:
         raise ValueError("--real DATASET is required: the real images whose feature manifold defines realism")
-    if is_run and args.per_class:
+    with _naming_flags(args):  # every value checked before any image is read
+        cfg = pipeline.real_config(real_spec, data_root=args.data_root, overrides=_overrides_from_args(args))
+    if args.per_class is not None and not is_run:
+        raise ValueError("--per-class generates until N images pass, which needs a run folder with a trained "
+                         f"generator; {args.source} is not one")
+    sel = cfg.select
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    if is_run and args.per_class is not None:
         gen = pipeline.load_run_generator(run_dir, device=device)
-        cfg, splits = pipeline.resolve_real(real_spec, image_size=gen.image_size, channels=gen.channels,
-                                            data_root=args.data_root)
+        cfg, splits = pipeline.resolve_real(real_spec, image_size=gen.image_size, channels=gen.channels, cfg=cfg)
         judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
         extractor = pipeline.feature_extractor(cfg, judge, device)
-        kept, report = generate_until(gen, splits.train, extractor, args.per_class, mode=args.mode,
-                                      threshold=args.threshold, k=args.k, budget_factor=args.budget_factor,
-                                      seed=args.seed if args.seed is not None else cfg.seed + 1,
+        kept, report = generate_until(gen, splits.train, extractor, cfg.samples_per_class, mode=sel.mode,
+                                      threshold=sel.threshold, k=sel.k, budget_factor=sel.budget_factor,
+                                      seed=cfg.seed if args.seed is not None else cfg.seed + 1,
                                       held_out=splits.val, progress=not args.quiet)
     else:
         synthetic = pipeline.resolve_synthetic(args.source)
         cfg, splits = pipeline.resolve_real(real_spec, image_size=synthetic.image_size,
-                                            channels=synthetic.channels, data_root=args.data_root)
+                                            channels=synthetic.channels, cfg=cfg)
+        synthetic = align_classes(synthetic, splits.class_names, where=args.source)
         judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
         extractor = pipeline.feature_extractor(cfg, judge, device)
-        kept, report = filter_synthetic(synthetic, splits.train, extractor, mode=args.mode, threshold=args.threshold,
-                                        k=args.k, held_out=splits.val)
+        kept, report = filter_synthetic(synthetic, splits.train, extractor, mode=sel.mode, threshold=sel.threshold,
+                                        k=sel.k, held_out=splits.val)
     reference = report["real_val_acceptance"]
     out = Path(args.out)
     save_image_set(kept, out)
@@ -215,18 +293,7 @@ def cmd_filter(args) -> int:
 def cmd_downstream(args) -> int:
     from synthmed import pipeline
 
-    cfg = _config_from_args(args)
-    d = cfg.downstream
-    if args.protocols:
-        d.protocols = args.protocols.split(",")
-    if args.filters:
-        d.filters = args.filters.split(",")
-    if args.subsets is not None:
-        d.subsets = args.subsets
-    if args.per_class is not None:
-        d.subset_per_class = args.per_class
-    if args.reuse_generator:
-        d.reuse_generator = True
+    cfg = _config_from_args(args)  # --protocols, --filters, ... are downstream.* keys, checked with the rest
     out, device = pipeline.prepare(cfg)
     splits = pipeline.step_data(cfg, out, download=args.download, quiet=args.quiet)
     pipeline.step_downstream_experiment(cfg, out, splits, device, quiet=args.quiet)
@@ -258,8 +325,10 @@ def cmd_data(args) -> int:
     from synthmed.data.export import save_image_set
     from synthmed.data.sources import load_dataset
     from synthmed.data.splits import disjoint_subsets, per_class_subset
+    from synthmed.runtime import set_threads
 
     cfg = _config_from_args(args)
+    set_threads(cfg.threads)
     splits = load_dataset(cfg.data, download=args.download)
     if args.data_verb == "inspect":
         _print_splits(splits)
@@ -350,14 +419,16 @@ def _add_training_flags(q: argparse.ArgumentParser) -> None:
 def _add_data_run_flags(q: argparse.ArgumentParser) -> None:
     """Options of the verbs that work on existing images (evaluate, filter)."""
     q.add_argument("--data-root", help="folder holding MedMNIST <flag>.npz files")
-    q.add_argument("--seed", type=int, help="seed (bootstrap, sampling)")
-    q.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    q.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: all cores)")
+    _config_flag(q, "--seed", key="seed", help="seed (bootstrap, sampling)")
+    _config_flag(q, "--device", key="device", choices=["auto", "cpu", "cuda"])
+    _config_flag(q, "--threads", key="threads", help="torch CPU threads (default: the config's threads, 0 = all cores)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of the real data's config, e.g. --set evaluate.judge.epochs=5")
     q.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="synthmed", description="Synthetic medical images for small, imbalanced "
+    p = _Parser(prog="synthmed", description="Synthetic medical images for small, imbalanced "
                                 "labelled sets: generate, evaluate, prove they help, report.")
     p.add_argument("--version", action="version", version=f"synthmed {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -377,13 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("sample", help="generate images from a trained run", description="generate images from a trained run")
     q.add_argument("run_dir", help="run folder holding generator/")
-    q.add_argument("--per-class", type=int, help="images per class (default: the config's samples_per_class)")
-    q.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = conditional only)")
-    q.add_argument("--steps", type=int, help="sampler steps")
-    q.add_argument("--sampler", choices=["dpmsolver++", "ddim", "ddpm"])
-    q.add_argument("--seed", type=int, help="sampling seed")
+    _config_flag(q, "--per-class", key="samples_per_class",
+                 help="images per class (default: the config's samples_per_class)")
+    _config_flag(q, "--guidance", key="generator.guidance",
+                 help="classifier-free guidance scale (1 = conditional only)")
+    _config_flag(q, "--steps", key="generator.sample_steps", help="sampler steps")
+    _config_flag(q, "--sampler", key="generator.sampler", choices=["dpmsolver++", "ddim", "ddpm"])
+    _config_flag(q, "--seed", key="seed", help="sampling seed (default: the run's seed + 1)")
     q.add_argument("--out", help="output folder (default RUN_DIR/samples)")
-    q.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _config_flag(q, "--device", key="device", choices=["auto", "cpu", "cuda"])
+    _config_flag(q, "--threads", key="threads", help="torch CPU threads (default: the run's threads, 0 = all cores)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the run's saved config, e.g. --set generator.guidance=1.5 (repeatable)")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_sample)
 
@@ -392,14 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "metrics per class with bootstrap CIs, and a memorisation audit against the training split.")
     q.add_argument("real", help="run folder, or dataset: embryo | folder:PATH | csv:FILE | medmnist:FLAG")
     q.add_argument("synthetic", help="folder written by `synthmed sample` (images.npz), run folder, folder:/csv:")
-    q.add_argument("--real-split", choices=["train", "val", "test"], help="real split to compare with (default test)")
-    q.add_argument("--extractor", help="domain (default; trained on the real training split) | inception | "
-                   "inception:WEIGHTS.pth | torchscript:MODEL.pt")
-    q.add_argument("--n-boot", type=int, help="bootstrap replicates for the CIs (default 100)")
-    q.add_argument("--k", type=int, help="k of the k-NN metrics (default 3)")
-    q.add_argument("--lpips", action="store_true", help="also LPIPS (needs ImageNet backbone weights)")
-    q.add_argument("--lpips-weights-dir", help="folder holding the LPIPS backbone weights file")
-    q.add_argument("--no-memorisation", action="store_true", help="skip the memorisation audit")
+    _config_flag(q, "--real-split", key="evaluate.real_split", choices=["train", "val", "test"],
+                 help="real split to compare with (default test)")
+    _config_flag(q, "--extractor", key="evaluate.extractor", text=True,
+                 help="domain (default; trained on the real training split) | inception | "
+                 "inception:WEIGHTS.pth | torchscript:MODEL.pt")
+    _config_flag(q, "--n-boot", key="evaluate.n_boot", help="bootstrap replicates for the CIs (default 100)")
+    _config_flag(q, "--k", key="evaluate.k", help="k of the k-NN metrics (default 3)")
+    _config_flag(q, "--lpips", key="evaluate.lpips", action="store_const", const=True,
+                 help="also LPIPS (needs ImageNet backbone weights)")
+    _config_flag(q, "--lpips-weights-dir", key="evaluate.lpips_weights_dir", text=True,
+                 help="folder holding the LPIPS backbone weights file")
+    _config_flag(q, "--no-memorisation", key="evaluate.memorisation", action="store_const", const=False,
+                 help="skip the memorisation audit")
     q.add_argument("--download", action="store_true", help="download MedMNIST files when missing (needs internet)")
     _add_data_run_flags(q)
     q.add_argument("--out", help="output folder (default: the synthetic folder); results go to OUT/evaluation/")
@@ -410,11 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "the real training split's feature manifold; with --per-class, generate until N pass.")
     q.add_argument("source", help="run folder (its samples/ or, with --per-class, its generator) or an image set")
     q.add_argument("--real", help="real dataset (default: the run's data)")
-    q.add_argument("--mode", choices=["class", "global"], default="class")
-    q.add_argument("--threshold", type=float, default=1.0)
-    q.add_argument("--k", type=int, default=3)
-    q.add_argument("--per-class", type=int, help="generate until this many per class pass (needs a run folder)")
-    q.add_argument("--budget-factor", type=float, default=10.0, help="generate at most this x the request per class")
+    _config_flag(q, "--mode", key="select.mode", choices=["class", "global"], default="class")
+    _config_flag(q, "--threshold", key="select.threshold", default=1.0, help="keep images with realism R >= this")
+    _config_flag(q, "--k", key="select.k", default=3, help="k of the k-NN realism score")
+    _config_flag(q, "--per-class", key="samples_per_class",
+                 help="generate until this many per class pass (needs a run folder)")
+    _config_flag(q, "--budget-factor", key="select.budget_factor", default=10.0,
+                 help="generate at most this x the request per class")
     _add_data_run_flags(q)
     q.add_argument("--out", required=True, help="folder for the kept images and filter_report.json")
     q.set_defaults(func=cmd_filter)
@@ -424,11 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "balance, ratio-sweep) x realism filters over k subsets or seeds, generators trained per "
                        "subset; mean ± std and paired differences with CIs; resumable.")
     _add_config_options(q, config_positional=True)
-    q.add_argument("--protocols", help="comma list, e.g. baseline,traditional,mix,ratio-sweep")
-    q.add_argument("--filters", help="comma list of none,global,class")
-    q.add_argument("--subsets", type=int, help="k non-overlapping training subsets (0: repeat over seeds)")
-    q.add_argument("--per-class", type=int, help="images per class in each subset")
-    q.add_argument("--reuse-generator", action="store_true", help="one generator for all repeats (warned)")
+    _config_flag(q, "--protocols", key="downstream.protocols", type=_comma_list,
+                 help="comma list, e.g. baseline,traditional,mix,ratio-sweep")
+    _config_flag(q, "--filters", key="downstream.filters", type=_comma_list, help="comma list of none,global,class")
+    _config_flag(q, "--subsets", key="downstream.subsets",
+                 help="k non-overlapping training subsets (0: repeat over seeds)")
+    _config_flag(q, "--per-class", key="downstream.subset_per_class", help="images per class in each subset")
+    _config_flag(q, "--reuse-generator", key="downstream.reuse_generator", action="store_const", const=True,
+                 help="one generator for all repeats (warned)")
     q.add_argument("--download", action="store_true")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_downstream)
@@ -449,9 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
         if action != "inspect":
             d.add_argument("--to", required=True, help="output folder")
         if action == "subset":
-            d.add_argument("--per-class", type=int, help="images per class in each subset")
-            d.add_argument("--k", type=int, default=1, help="number of non-overlapping subsets")
-            d.add_argument("--fraction", type=float, help="fraction of the training split per subset (with --k)")
+            d.add_argument("--per-class", type=_checked(int, AT_LEAST_1), help="images per class in each subset")
+            d.add_argument("--k", type=_checked(int, AT_LEAST_1), default=1, help="number of non-overlapping subsets")
+            d.add_argument("--fraction", type=_checked(float, Range(0, 1, lo_open=True)),
+                           help="fraction of the training split per subset (with --k)")
         d.set_defaults(func=cmd_data)
     help_ = "one crop per box of a VOC folder or box CSV, labelled by the box's name, to --to"
     d = dsub.add_parser("crops", help=help_, description=help_ + "; writes <class>/*.png, manifest.csv (for csv:) "
@@ -474,14 +561,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Each warning as one line ``warning: <message>`` on stderr: no source path, no code line."""
+    text = " ".join(str(message).split())
+    kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
+    print(f"warning: {kind}{text}", file=file or sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _readable_warnings():
+    saved = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return args.func(args)
+        with _readable_warnings():
+            return args.func(args)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -7,10 +7,14 @@ One place for defaults. A run's resolved config is written next to its outputs
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+import difflib
+import math
+import re
+import types
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -55,6 +59,9 @@ class DataConfig:
     classes: list[str] | None = None
     #: size of the embedded default dataset (images per class before splitting; 3-cell stage is rarer)
     embryo_per_class: list[int] = field(default_factory=lambda: [400, 140, 400])
+    #: CSV manifest columns of the user's own that synthmed keeps out of its way (any other unknown
+    #: column is an error: a typo such as ``patientid`` would otherwise silently give an image-level split)
+    extra_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -228,15 +235,262 @@ def _build(cls, values: dict[str, Any], where: str):
     kwargs = {}
     for key, val in values.items():
         if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
             raise ConfigError(
-                f"unknown config key '{where + '.' if where else ''}{key}'; known keys: {', '.join(sorted(known))}"
+                f"unknown config key '{where + '.' if where else ''}{key}'"
+                f"{f' (did you mean {close[0]!r}?)' if close else ''}; known keys: {', '.join(sorted(known))}"
             )
         typ = hints[key]
         if is_dataclass(typ):
             kwargs[key] = _build(typ, val or {}, f"{where}.{key}" if where else key)
         else:
-            kwargs[key] = val
+            kwargs[key] = check_type(f"{where}.{key}" if where else key, val, typ, _default(known[key]))
     return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- types and ranges
+#
+# One mechanism for every value, whatever its source (YAML file, preset, --set, a CLI flag):
+# ``check_type`` holds it against its field's type hint while the config is built (so a field
+# added to any dataclass is covered without more code), ``RULES`` says the range or choices of
+# each field, and ``validate`` applies them plus the few checks that join several fields.
+
+_TYPE_WORDS = {int: ("a whole number (int)", "whole numbers"), float: ("a number (float)", "numbers"),
+               bool: ("true or false (bool)", "true/false values"), str: ("text (str)", "names (text)")}
+_EXAMPLES = {int: [0, 1, 2], float: [0.5, 0.75], str: ["a", "b"], bool: [True, False]}
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def _flow(value) -> str:
+    """A value as the user would type it in YAML / after --set KEY= (compact flow style)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    return text.replace(", ", ",") if isinstance(value, (list, tuple)) else text
+
+
+def _unpack_optional(typ) -> tuple[Any, bool]:
+    if get_origin(typ) in (Union, types.UnionType):
+        args = get_args(typ)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return inner[0], type(None) in args
+    return typ, False
+
+
+def _coerce_scalar(typ, val):
+    """``val`` as ``typ`` where that loses nothing; raises TypeError (with an optional hint) otherwise."""
+    if typ is bool:
+        if isinstance(val, bool):
+            return val
+        raise TypeError()
+    if typ is int:
+        if isinstance(val, int) and not isinstance(val, bool):
+            return val
+        if isinstance(val, float) and val.is_integer():
+            return int(val)
+        raise TypeError()
+    if typ is float:
+        if isinstance(val, bool):
+            raise TypeError()
+        if isinstance(val, str):  # YAML 1.1 reads an exponent without a dot (1e-3) as text
+            try:
+                val = float(val)
+            except ValueError:
+                raise TypeError() from None
+        if isinstance(val, (int, float)):
+            if not math.isfinite(val):
+                raise TypeError("a finite number")
+            return float(val)
+        raise TypeError()
+    if typ is str:
+        if isinstance(val, str):
+            return val
+        if isinstance(val, bool):  # YAML 1.1 reads yes/no/on/off as booleans
+            raise TypeError("quote it: YAML reads yes/no/on/off/true/false as true or false")
+        if isinstance(val, int):  # class names such as 0, 1, 2
+            return str(val)
+        raise TypeError("quote it")
+    return val  # a type this checker does not know: left to the code that uses it
+
+
+def check_type(key: str, val, typ, default=None):
+    """``val`` checked (and losslessly converted) against the type hint ``typ`` of config key ``key``.
+
+    ints are accepted for floats, whole floats (2.0) for ints, integer class names for text; a
+    bool is never a number, 1.5 is not an int, 'abc' is not a float. Raises ConfigError naming
+    the key, the value and what is allowed, with an example (the default when there is one).
+    """
+    inner, optional = _unpack_optional(typ)
+    if val is None:
+        if optional:
+            return None
+    origin = get_origin(inner)
+    if origin in (list, tuple):
+        (elem,) = get_args(inner)[:1] or (Any,)
+        hint = ""
+        if isinstance(val, (list, tuple)):
+            try:
+                return [_coerce_scalar(elem, v) for v in val]
+            except TypeError as e:
+                hint = f"; {e.args[0]}" if e.args and e.args[0] != "a finite number" else ""
+        example = default if isinstance(default, list) and default else _EXAMPLES.get(elem, [])
+        words = _TYPE_WORDS.get(elem, (None, getattr(elem, "__name__", str(elem))))[1]
+        raise ConfigError(f"{key} = {val!r}: expected a list of {words}"
+                          f"{' or null' if optional else ''}, e.g. {_flow(example)}{hint}")
+    try:
+        if val is None:
+            raise TypeError()
+        return _coerce_scalar(inner, val)
+    except TypeError as e:
+        words = _TYPE_WORDS.get(inner, (getattr(inner, "__name__", str(inner)), None))[0]
+        if e.args and e.args[0] == "a finite number":
+            words = "a finite number (float)"
+        hint = f"; {e.args[0]}" if e.args and e.args[0] != "a finite number" else ""
+        example = f", e.g. {_flow(default)}" if default is not None and not isinstance(default, bool) else ""
+        raise ConfigError(f"{key} = {val!r}: expected {words}{' or null' if optional else ''}{example}{hint}") \
+            from None
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a number (``None``: unbounded on that side)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, v) -> bool:
+        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Allowed values of a name; ``pattern`` (a regex, described by ``pattern_help``) admits a family."""
+
+    values: tuple
+    pattern: str | None = None
+    pattern_help: str = ""
+
+    def ok(self, v) -> bool:
+        return v in self.values or (self.pattern is not None and isinstance(v, str)
+                                    and re.fullmatch(self.pattern, v) is not None)
+
+    def allowed(self) -> str:
+        return f"one of {sorted(self.values, key=str)}" + (f" or {self.pattern_help}" if self.pattern else "")
+
+    def __str__(self) -> str:
+        return f"choose {self.allowed()}"
+
+
+@dataclass(frozen=True)
+class Each:
+    """A list: every entry obeys ``rule``; ``nonempty``: at least one entry."""
+
+    rule: Range | Choice | None = None
+    nonempty: bool = False
+
+
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+POSITIVE = Range(0, lo_open=True)
+PROBABILITY = Range(0, 1)  # [0, 1]
+FRACTION = Range(0, 1, hi_open=True)  # [0, 1)
+OPEN_FRACTION = Range(0, 1, lo_open=True, hi_open=True)  # (0, 1)
+WIDTHS = Each(AT_LEAST_1, nonempty=True)
+
+#: names owned by later modules, repeated here so a config is checked before any work starts
+#: (tests/test_config.py keeps them equal to synthmed.metrics.evaluate / downstream / classifiers)
+METRIC_NAMES = ("fid", "kid", "precision", "recall", "f1", "density", "coverage", "ssim", "lpips")
+AUGMENTATION_NAMES = ("flip", "rot90", "jitter")
+FILTER_NAMES = ("none", "global", "class")
+PROTOCOL_NAMES = ("baseline", "traditional", "mix", "transfer", "synthetic-only", "balance", "ratio-sweep")
+_CLASSIFIER_RULES = {
+    "arch": Choice(("smallcnn", "resnet18")), "widths": WIDTHS, "optimizer": Choice(("adam", "sgd")),
+    "lr": POSITIVE, "batch_size": AT_LEAST_1, "epochs": AT_LEAST_1, "patience": AT_LEAST_1, "steps": AT_LEAST_1,
+    "eval_every": AT_LEAST_1, "weight_decay": AT_LEAST_0, "lr_milestones": Each(OPEN_FRACTION),
+    "lr_gamma": POSITIVE, "augmentations": Each(Choice(AUGMENTATION_NAMES)), "jitter": FRACTION,
+}
+#: range or choices of every field that has one, per dataclass (so a class used twice, like the
+#: classifier, is checked at both places); None values of optional fields are not checked
+RULES: dict[type, dict[str, Range | Choice | Each]] = {
+    RunConfig: {"seed": AT_LEAST_0, "threads": AT_LEAST_0, "samples_per_class": AT_LEAST_1,
+                "device": Choice(("auto", "cpu", "cuda"))},
+    DataConfig: {
+        "image_size": Range(8), "channels": Choice((1, 3)), "resize_policy": Choice(("resize", "error")),
+        "split": Choice(("official", "auto", "random")), "val_fraction": OPEN_FRACTION,
+        "test_fraction": OPEN_FRACTION, "split_seed": AT_LEAST_0, "train_per_class": AT_LEAST_1,
+        "imbalance_ratio": Range(0, 1, lo_open=True), "cross_split_duplicates": Choice(("drop", "error", "keep")),
+        "roi_multiple": Choice(("error", "largest")), "classes": Each(nonempty=True), "embryo_per_class": WIDTHS,
+    },
+    AutoencoderConfig: {"latent_channels": AT_LEAST_1, "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
+                        "kl_weight": AT_LEAST_0, "lr": POSITIVE, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_0},
+    DiffusionConfig: {
+        "space": Choice(("pixel", "latent")), "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
+        "dropout": FRACTION, "num_train_timesteps": AT_LEAST_1, "schedule": Choice(("linear", "cosine")),
+        "prediction_type": Choice(("epsilon", "v_prediction")), "cond_dropout": FRACTION, "lr": POSITIVE,
+        "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_1,
+        "ema_decay": FRACTION, "hflip": PROBABILITY, "vflip": PROBABILITY,
+        "sampler": Choice(("dpmsolver++", "ddim", "ddpm")), "sample_steps": AT_LEAST_1, "guidance": AT_LEAST_0,
+        "checkpoint_every": AT_LEAST_0, "log_every": AT_LEAST_1,
+    },
+    ClassifierConfig: _CLASSIFIER_RULES,
+    EvaluateConfig: {"real_split": Choice(("train", "val", "test")), "metrics": Each(Choice(METRIC_NAMES)),
+                     "k": AT_LEAST_1, "n_boot": AT_LEAST_0},
+    SelectConfig: {"mode": Choice(("none", "global", "class")), "threshold": AT_LEAST_0, "k": AT_LEAST_1,
+                   "budget_factor": AT_LEAST_1},
+    DownstreamConfig: {
+        "seeds": Each(AT_LEAST_0, nonempty=True), "synthetic_ratio": POSITIVE,
+        "augmentations": Each(Choice(AUGMENTATION_NAMES)),
+        "protocols": Each(Choice(PROTOCOL_NAMES, r"ratio-\d+:\d+", "ratio-R:S (e.g. ratio-50:50)"), nonempty=True),
+        "filters": Each(Choice(FILTER_NAMES), nonempty=True), "subsets": AT_LEAST_0, "subset_per_class": AT_LEAST_1,
+        "subset_fraction": Range(0, 1, lo_open=True), "oversample": AT_LEAST_1,
+    },
+}
+
+
+def check_rule(key: str, val, rule) -> None:
+    """Raise ConfigError when ``val`` breaks ``rule`` (a Range, Choice or Each); None passes."""
+    if val is None or rule is None:
+        return
+    if isinstance(rule, Each):
+        if rule.nonempty and not val:
+            raise ConfigError(f"{key} = {val!r}: must not be empty")
+        bad = [v for v in val if rule.rule is not None and not rule.rule.ok(v)]
+        if bad:
+            allowed = rule.rule if isinstance(rule.rule, Range) else rule.rule.allowed()
+            allowed = f"every entry must be {allowed}"
+            raise ConfigError(f"{key} = {val!r}: {bad[0]!r} is not allowed; {allowed}")
+        return
+    if not rule.ok(val):
+        if isinstance(rule, Choice):
+            raise ConfigError(f"{key} = {val!r}; {rule}")
+        raise ConfigError(f"{key} = {val!r}: must be {rule}")
+
+
+def _check_rules(obj, where: str) -> None:
+    rules = RULES.get(type(obj), {})
+    for f in fields(obj):
+        key = f"{where}.{f.name}" if where else f.name
+        val = getattr(obj, f.name)
+        if is_dataclass(val):
+            _check_rules(val, key)
+        else:
+            check_rule(key, val, rules.get(f.name))
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -297,44 +551,32 @@ def set_dotted(values: dict, dotted: str, raw: str) -> None:
     keys = dotted.split(".")
     d = values
     for k in keys[:-1]:
-        d = d.setdefault(k, {})
+        if not isinstance(d.get(k), dict):
+            d[k] = {}
+        d = d[k]
     d[keys[-1]] = yaml.safe_load(raw)
 
 
-def validate(cfg: RunConfig) -> None:
-    g = cfg.generator
-    choices = {
-        "generator.space": (g.space, {"pixel", "latent"}),
-        "generator.schedule": (g.schedule, {"linear", "cosine"}),
-        "generator.prediction_type": (g.prediction_type, {"epsilon", "v_prediction"}),
-        "generator.sampler": (g.sampler, {"dpmsolver++", "ddim", "ddpm"}),
-        "data.resize_policy": (cfg.data.resize_policy, {"resize", "error"}),
-        "data.split": (cfg.data.split, {"official", "auto", "random"}),
-        "data.cross_split_duplicates": (cfg.data.cross_split_duplicates, {"drop", "error", "keep"}),
-        "data.roi_multiple": (cfg.data.roi_multiple, {"error", "largest"}),
-        "device": (cfg.device, {"auto", "cpu", "cuda"}),
-        "select.mode": (cfg.select.mode, {"none", "global", "class"}),
-        "evaluate.real_split": (cfg.evaluate.real_split, {"train", "val", "test"}),
-        "evaluate.judge.arch": (cfg.evaluate.judge.arch, {"smallcnn", "resnet18"}),
-        "downstream.classifier.arch": (cfg.downstream.classifier.arch, {"smallcnn", "resnet18"}),
-    }
-    for key, (val, allowed) in choices.items():
-        if val not in allowed:
-            raise ConfigError(f"{key} = {val!r}; choose one of {sorted(allowed)}")
-    if cfg.data.channels not in (None, 1, 3):
-        raise ConfigError(f"data.channels = {cfg.data.channels}; choose 1, 3 or null")
-    if cfg.data.image_size < 8:
-        raise ConfigError(f"data.image_size = {cfg.data.image_size}; must be at least 8")
+def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
+    """Every field against ``RULES``, then the checks that join fields. ``for_training=False``
+    skips the U-Net size check, for configs that only describe real data (evaluate, filter)."""
+    _check_rules(cfg, "")
+    g, data = cfg.generator, cfg.data
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction = {data.val_fraction} + {data.test_fraction}: "
+                          "must be below 1 (the rest is the training split)")
+    if data.imbalance_ratio < 1 and data.minority_class is None:
+        raise ConfigError(f"data.imbalance_ratio = {data.imbalance_ratio} needs data.minority_class (the class to "
+                          "shrink); set it, or set imbalance_ratio: 1.0")
+    if g.sample_steps > g.num_train_timesteps:
+        raise ConfigError(f"generator.sample_steps = {g.sample_steps}: must be at most generator.num_train_timesteps "
+                          f"({g.num_train_timesteps})")
     down = 2 ** (len(g.block_out_channels) - 1)
-    if g.space == "pixel" and cfg.data.image_size % down:
+    if for_training and g.space == "pixel" and data.image_size % down:
         raise ConfigError(
-            f"data.image_size = {cfg.data.image_size} is not divisible by {down} "
+            f"data.image_size = {data.image_size} is not divisible by {down} "
             f"(the U-Net halves the image {len(g.block_out_channels) - 1} times); pick a multiple of {down}"
         )
-    if not 0 <= g.cond_dropout < 1:
-        raise ConfigError("generator.cond_dropout must be in [0, 1)")
-    if not 0 < cfg.data.imbalance_ratio <= 1:
-        raise ConfigError("data.imbalance_ratio must be in (0, 1]")
 
 
 def replace(cfg, **changes):

@@ -44,6 +44,9 @@ def _log(msg: str, quiet: bool) -> None:
 
 def prepare(cfg: RunConfig) -> tuple[Path, str]:
     """Create the run folder, write the resolved config, set threads/seed; return (dir, device)."""
+    from synthmed.features.registry import check_extractor_name
+
+    check_extractor_name(cfg.evaluate.extractor)  # used only after training: a typo must stop the run now
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -125,10 +128,12 @@ def sample_counts(cfg: RunConfig, train: ImageDataset) -> list[int]:
 
 
 def step_sample(cfg: RunConfig, out: Path, gen, counts: list[int], *, guidance: float | None = None,
-                seed: int | None = None, folder: Path | None = None, quiet: bool = False) -> ImageDataset:
+                seed: int | None = None, folder: Path | None = None, quiet: bool = False,
+                sampler: str | None = None, steps: int | None = None) -> ImageDataset:
+    """``guidance``/``sampler``/``steps``: None = the generator's own settings."""
     # sampling seed differs from the training seed so sampling noise is not the training noise stream
     seed = cfg.seed + 1 if seed is None else seed
-    syn = gen.sample(counts, guidance=guidance, seed=seed, progress=not quiet)
+    syn = gen.sample(counts, guidance=guidance, seed=seed, sampler=sampler, steps=steps, progress=not quiet)
     folder = folder or out / "samples"
     save_image_set(syn, folder)
     _update_run_info(out, timings={"sample": syn.meta["seconds"]})
@@ -340,22 +345,39 @@ def resolve_synthetic(source: str | Path) -> ImageDataset:
                     "(holding images.npz), a run folder, or folder:PATH / csv:FILE")
 
 
-def resolve_real(source: str, *, image_size: int | None = None, channels: int | None = None,
-                 data_root: str | None = None, download: bool = False) -> tuple[RunConfig, DataSplits]:
-    """Real splits from a run folder (the data its config names) or a dataset spec
-    (embryo, folder:PATH, csv:FILE, medmnist:FLAG), brought to ``image_size``/``channels``."""
-    from synthmed.config import load_config
-    from synthmed.data.sources import load_dataset
+def real_config(source: str, *, data_root: str | None = None, overrides: dict | None = None) -> RunConfig:
+    """The validated config of a real-data source: a run folder's config.yaml, or the defaults with
+    ``data.dataset = source`` (embryo, folder:PATH, csv:FILE, medmnist:FLAG); ``overrides`` (nested,
+    as from --set) on top. Checked before any image is read."""
+    from synthmed.config import load_config, merge
+
+    from synthmed.features.registry import check_extractor_name
 
     p = Path(source)
     if (p / "config.yaml").is_file():
-        cfg = load_config(p / "config.yaml")
+        cfg = load_config(p / "config.yaml", overrides=overrides)
     else:
-        cfg = load_config(overrides={"data": {"dataset": source, "data_root": data_root}})
-    if image_size:
-        cfg.data.image_size = image_size
-    if channels:
-        cfg.data.channels = channels
+        cfg = load_config(overrides=merge({"data": {"dataset": source, "data_root": data_root}}, overrides or {}))
+    check_extractor_name(cfg.evaluate.extractor)
+    return cfg
+
+
+def resolve_real(source: str, *, image_size: int | None = None, channels: int | None = None,
+                 data_root: str | None = None, download: bool = False, overrides: dict | None = None,
+                 cfg: RunConfig | None = None) -> tuple[RunConfig, DataSplits]:
+    """Real splits from a run folder (the data its config names) or a dataset spec
+    (embryo, folder:PATH, csv:FILE, medmnist:FLAG), brought to ``image_size``/``channels``.
+    ``cfg``: the source's config from :func:`real_config`, when the caller already has it."""
+    from dataclasses import replace
+
+    from synthmed.config import validate
+    from synthmed.data.sources import load_dataset
+
+    cfg = cfg or real_config(source, data_root=data_root, overrides=overrides)
+    changes = {k: v for k, v in (("image_size", image_size), ("channels", channels)) if v}
+    if changes:  # a new config, checked again (only the real data is loaded: no generator to fit)
+        cfg = replace(cfg, data=replace(cfg.data, **changes))
+        validate(cfg, for_training=False)
     return cfg, load_dataset(cfg.data, download=download)
 
 

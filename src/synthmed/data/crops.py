@@ -27,7 +27,7 @@ from PIL import Image
 from .dataset import DataError
 from .export import _safe_name
 from .roi import BoxRecord, clip_box, crop_box, read_box_table
-from .sources import read_image
+from .sources import CROP_COLUMNS, read_image
 
 #: why a box gave no crop, in the order the checks run
 SKIP_REASONS = {
@@ -36,7 +36,7 @@ SKIP_REASONS = {
     "outside": "wholly outside its image",
     "too_small": "short side under --min-size after clipping",
 }
-MANIFEST_COLUMNS = ["path", "label", "patient_id", "source", "x0", "y0", "x1", "y1"]
+MANIFEST_COLUMNS = ["path", "label", "patient_id", *CROP_COLUMNS]
 
 
 def _resolve_image(images_dir: Path, name: str) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,41 @@ def load_image_set(folder: str | Path) -> ImageDataset:
     if info.is_file():
         ds.meta = json.loads(info.read_text())
     return ds
+
+
+def align_classes(ds: ImageDataset, class_names: list[str], *, where: str) -> ImageDataset:
+    """``ds`` relabelled to ``class_names`` (their order), matching each of its class names to the
+    exact name or to the file-safe folder name :func:`save_image_set` writes (``normal, benign`` is
+    the folder ``normal_benign``), so a folder of synthmed's own samples read through ``folder:``
+    lines up with the real data again. Anything else that does not match is a DataError saying how
+    to fix it; nothing is matched by guesswork."""
+    class_names = [str(c) for c in class_names]
+    if ds.class_names == class_names:
+        return ds
+    safe: dict[str, list[str]] = {}
+    for name in class_names:
+        safe.setdefault(_safe_name(name), []).append(name)
+    mapped, unmatched, ambiguous = [], [], []
+    for name in ds.class_names:
+        if name in class_names:
+            mapped.append(name)
+        elif len(safe.get(name, [])) == 1:
+            mapped.append(safe[name][0])
+        else:
+            (ambiguous if safe.get(name) else unmatched).append(name)
+            mapped.append(None)
+    fix = (f"rename the class folders to the real class names {class_names} (or their folder-safe forms "
+           f"{[_safe_name(c) for c in class_names]}), or pass csv:MANIFEST with a label column of the real names "
+           "(synthmed sample writes one: manifest.csv)")
+    if unmatched or ambiguous:
+        what = f"class(es) {unmatched} match no class of the real data {class_names}" if unmatched else \
+            f"class(es) {ambiguous} match several real classes {[safe[a] for a in ambiguous]}"
+        raise DataError(f"{where}: {what} -- {fix}")
+    missing = [c for c in class_names if c not in mapped]
+    twice = sorted({m for m in mapped if mapped.count(m) > 1})
+    if missing or twice:
+        what = f"has no class for the real class(es) {missing}" if missing else \
+            f"has several classes that stand for {twice}"
+        raise DataError(f"{where}: the synthetic set {what} (its classes: {ds.class_names}) -- {fix}")
+    remap = np.array([class_names.index(m) for m in mapped], dtype=np.int64)
+    return replace(ds, labels=remap[ds.labels], class_names=class_names)

@@ -11,9 +11,11 @@ records each step so the report can state exactly which data were used.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,10 @@ def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
         luma = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         return np.round(luma)[..., None].astype(np.uint8)
     return np.repeat(img, 3, axis=-1)
+
+
+def _flow_list(names) -> str:
+    return "[" + ",".join(names) + "]"
 
 
 def _hw(img: np.ndarray) -> str:
@@ -281,12 +287,20 @@ def load_folder(root, *, image_size: int | None = None, channels: int | None = N
                        channels=channels, resize_policy=resize_policy, roi_fn=roi_fn, meta={"skipped": skipped})
 
 
+#: the columns load_csv reads; any other column must be named in ``extra_columns``
+CSV_COLUMNS = ("path", "label", "patient_id", "mask_path")
+#: provenance columns `synthmed data crops` writes (source image and box); known, carried, never read as data
+CROP_COLUMNS = ("source", "x0", "y0", "x1", "y1")
+
+
 def load_csv(csv_path, *, image_size: int | None = None, channels: int | None = None, resize_policy: str = "resize",
-             classes: list[str] | None = None, roi_fn=None) -> ImageDataset:
+             classes: list[str] | None = None, roi_fn=None, extra_columns=()) -> ImageDataset:
     """Images listed in a CSV manifest with header ``path,label[,patient_id][,mask_path]``.
 
     Paths are relative to the CSV's folder (absolute paths also work). Labels are class
     names, read as strings. Class order: ``classes`` when given, else the sorted labels.
+    A column that is neither one of these nor in ``extra_columns`` is an error: a misspelt
+    ``patient_id`` would otherwise give an image-level split (patients leaking across splits).
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
@@ -303,6 +317,15 @@ def load_csv(csv_path, *, image_size: int | None = None, channels: int | None = 
         raise DataError(
             f"{csv_path}: missing column(s) {missing}; found columns {header}. The first line must be a header "
             "naming path,label[,patient_id][,mask_path]"
+        )
+    unknown = [c for c in header if c not in CSV_COLUMNS + CROP_COLUMNS and c not in set(extra_columns)]
+    if unknown:
+        close = {c: difflib.get_close_matches(c, CSV_COLUMNS, n=1) for c in unknown}
+        hint = "; ".join(f"did you mean {m[0]!r} instead of {c!r}?" for c, m in close.items() if m)
+        raise DataError(
+            f"{csv_path}: unknown column(s) {unknown}; synthmed reads {list(CSV_COLUMNS)}"
+            f"{' (' + hint + ')' if hint else ''} -- rename the column, or keep a column of your own with "
+            f"data.extra_columns: {_flow_list(unknown)} (--set data.extra_columns={_flow_list(unknown)})"
         )
     items: list[_Item] = []
     first_row_of: dict[Path, int] = {}
@@ -580,7 +603,7 @@ def load_dataset(cfg: DataConfig, *, seed: int | None = None, download: bool = F
         full.meta.setdefault("source", "embryo")
         steps.append(f"procedural embryo set, {list(cfg.embryo_per_class)} images per class (seed {seed})")
     elif file_source:
-        loader = load_folder if kind == "folder" else load_csv
+        loader = load_folder if kind == "folder" else partial(load_csv, extra_columns=cfg.extra_columns)
         full = loader(arg, image_size=cfg.image_size, channels=cfg.channels, resize_policy=cfg.resize_policy,
                       classes=cfg.classes, roi_fn=roi_fn)
         steps.append(f"loaded {len(full)} images from {full.meta['source']}")

@@ -146,6 +146,16 @@ def get_extractor(name: str, **options) -> FeatureExtractor:
     return factory(arg, **options) if sep else factory(**options)
 
 
+def check_extractor_name(name: str) -> None:
+    """Raise FeatureExtractorError when no extractor is registered under ``name``'s base (the part
+    before ``:``). Builds nothing, so a run can refuse a typo before it trains anything."""
+    _register_builtins()
+    if name.partition(":")[0] not in _FACTORIES:
+        raise FeatureExtractorError(
+            f"evaluate.extractor = {name!r}: unknown feature extractor; known: {', '.join(sorted(_FACTORIES))} "
+            "(inception and torchscript take a path: 'inception:/path/weights.pth', 'torchscript:/path/model.pt')")
+
+
 _builtins_registered = False
 
 
