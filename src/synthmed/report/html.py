@@ -89,8 +89,9 @@ details > summary { cursor: pointer; color: var(--accent); }
 /* click to enlarge, no script: the hidden checkbox's label is the image */
 label.zoom { display: inline-block; cursor: zoom-in; }
 label.zoom input { display: none; }
-label.zoom input:checked + img { position: fixed; inset: 3vh 3vw; width: 94vw !important; height: 94vh !important;
-  max-width: none; object-fit: contain; background: rgba(15, 15, 15, 0.93); z-index: 100; cursor: zoom-out; }
+label.zoom input:checked + img { position: fixed; inset: 0; width: 100vw !important; height: 100vh !important;
+  max-width: none; padding: 2vh 2vw; object-fit: contain; background: rgba(12, 12, 12, 0.96); z-index: 100;
+  cursor: zoom-out; }
 .hint { font-size: 0.85em; }
 /* wide metric tables: smaller type so nine columns fit at 1400 px without scrolling */
 table.compact { font-size: 0.82em; }
@@ -627,6 +628,7 @@ def _section_downstream(down: dict) -> str:
         bits.append(f"{n_seeds} seed{'s' if n_seeds != 1 else ''} ({_inline(seeds)})")
     bits.append(f"evaluated on the {_e(_test_split_name(test_split))}"
                 + (f" (n={_num(down['n_test'])})" if down.get("n_test") is not None else ""))
+    std_kind = str(std_kind).split(";")[0].replace(" over seeds", "")  # "sample standard deviation (ddof=1)"
     caption = (", ".join(bits) + f". Values are mean ± {_e(std_kind)} across seeds; the paired difference is "
                "computed per seed (same seed, same real data) and then averaged; under it its 95% t interval "
                "over seeds, in bold when it excludes 0.")
@@ -643,14 +645,21 @@ def _section_downstream(down: dict) -> str:
         labels = [m.replace("_", " ") for m in metrics]
         charts = [bar_chart_svg(labels, series, "Classifier scores on the real test split", "score",
                                 y_max=1.0, width=530)]
-        diff_entries = [(diffs[m].get("mean"), diffs[m].get("std")) if isinstance(diffs.get(m), Mapping) else None
-                        for m in metrics]
+        diff_entries = []
+        for m in metrics:
+            d = diffs.get(m)
+            lo, hi, _ = interval(d)
+            # the error bar is the statement the verdict reads: the 95% interval (symmetric t interval)
+            diff_entries.append((d.get("mean"), (hi - lo) / 2 if lo is not None else None)
+                                if isinstance(d, Mapping) else None)
         if any(e is not None for e in diff_entries):
             # on a 0-1 axis a few points of difference are barely visible; this chart zooms in on them
             charts.append(bar_chart_svg(labels, {diff_label_plain(arm_names): diff_entries},
-                                        "Paired difference per metric", "difference", width=530))
+                                        "Paired difference per metric (95% CI)", "difference", width=530))
         chart = _figure(f'<div class="charts">{"".join(_inline_svg(c) for c in charts)}</div>',
-                        "Bars: mean across seeds; error bars: ± one standard deviation across seeds.")
+                        "Scores: mean across seeds, error bars ± one standard deviation across seeds. Paired "
+                        "difference: mean, error bars its 95% t interval over seeds (a bar whose interval "
+                        "crosses 0 is no evidence either way).")
 
     per_seed = ""
     if diffs and any(isinstance(d, Mapping) and d.get("values") for d in diffs.values()):
@@ -796,6 +805,7 @@ def _section_evaluation(ev: dict) -> str:
         rows = rows[1:] + rows[:1]
     table = _table(["class", "real", "synthetic"] + [_e(m) for m in metrics], rows,
                    numeric=set(range(1, 3 + len(metrics))), total_last=True)
+    table = table.replace("<table>", '<table class="compact">', 1)  # nine metric columns: fit 1400 px
     real, syn = header.get("real") or {}, header.get("synthetic") or {}
     ex_bits = [f"<b>{_e(ex.get('name', '?'))}</b>"]
     if ex.get("trained_on"):
