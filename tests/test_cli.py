@@ -72,6 +72,20 @@ def test_demo_report_has_evaluation_and_memorisation(demo_run):
     assert "How close are the synthetic images to real ones?" in html and "copy training images" in html
 
 
+def test_demo_metrics_carry_the_verdict_the_report_leads_with(demo_run):
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    v = metrics["verdict"]
+    assert set(v) == {"downstream", "recognisable", "near_copies", "too_small"}
+    d = metrics["downstream"]["difference"]["balanced_accuracy"]
+    assert v["downstream"]["status"] in ("helps", "hurts", "inconclusive") and v["downstream"]["n_seeds"] == 2
+    assert (v["downstream"]["ci_low"], v["downstream"]["ci_high"]) == (d["ci_low"], d["ci_high"])
+    assert any("2 downstream seeds" in item for item in v["too_small"]["items"])
+    assert set(metrics["downstream"]["per_class"]) == {"2-cell", "3-cell", "4-cell"}
+    html = (demo_run / "report.html").read_text()
+    assert html.index('id="verdict"') < html.index('id="inputs"') < html.index('id="images"')
+    assert "4 of 4" in html and "<h3>Per class</h3>" in html  # all 4 synthetic images per class are shown
+
+
 def test_evaluate_and_filter_verbs(demo_run, tmp_path, capsys):
     assert main(["evaluate", str(demo_run), str(demo_run), "--n-boot", "5", "--out", str(tmp_path / "ev"),
                  "--quiet"]) == 0

@@ -67,6 +67,18 @@ def test_arm_composition_is_exact(monkeypatch):
     # different seeds draw different synthetic subsets of the 40 'bright' images
     aug0, aug1 = seen[1][1], seen[3][1]
     assert aug0.fingerprint() != aug1.fingerprint()
+    # a uniform predictor says class 0 for everything: summed over 2 seeds, column 0 holds all test images
+    test_counts = s.test.class_counts()
+    for arm in ("real", "augmented"):
+        cm = np.asarray(res["confusion_matrix"][arm])
+        assert cm[:, 0].tolist() == [2 * n for n in test_counts] and cm[:, 1:].sum() == 0
+        assert res["per_class"]["bright"]["recall"][arm]["mean"] == 1.0
+        assert res["per_class"]["dark"]["recall"][arm]["mean"] == 0.0
+    assert res["confusion_matrix"]["n_seeds"] == 2 and res["confusion_matrix"]["class_names"] == s.class_names
+    assert res["per_class"]["striped"]["support"] == test_counts[2]
+    # identical arms: a zero paired difference with a zero-width interval
+    d = res["difference"]["accuracy"]
+    assert d["mean"] == 0.0 and d["ci_low"] == d["ci_high"] == 0.0
 
 
 def test_end_to_end_statistics():
@@ -82,6 +94,20 @@ def test_end_to_end_statistics():
     diffs = [r["augmented"]["f1_macro"] - r["real"]["f1_macro"] for r in res["per_seed"]]
     assert res["difference"]["f1_macro"]["mean"] == pytest.approx(np.mean(diffs))
     assert res["difference"]["f1_macro"]["std"] == pytest.approx(np.std(diffs, ddof=1))
+    # 95% paired t interval over the 2 seeds: mean ± t_{0.975,1} * std / sqrt(2)
+    half = 12.706204736174707 * np.std(diffs, ddof=1) / np.sqrt(2)
+    assert res["difference"]["f1_macro"]["ci_low"] == pytest.approx(np.mean(diffs) - half)
+    assert res["difference"]["f1_macro"]["ci_high"] == pytest.approx(np.mean(diffs) + half)
+    # per class: mean over seeds of each arm's recall, paired difference of the two
+    for c in s.class_names:
+        rec = [(r["real"]["per_class"][c]["recall"], r["augmented"]["per_class"][c]["recall"]) for r in res["per_seed"]]
+        entry = res["per_class"][c]["recall"]
+        assert entry["real"]["mean"] == pytest.approx(np.mean([a for a, _ in rec]))
+        assert entry["difference"]["mean"] == pytest.approx(np.mean([b - a for a, b in rec]))
+        assert set(res["per_class"][c]) == {"support", "precision", "recall", "f1"}
+    cm = np.asarray(res["confusion_matrix"]["augmented"])
+    assert cm.sum() == 2 * len(s.test)  # every test image once per seed
+    assert np.trace(cm) == round(sum(r["augmented"]["accuracy"] * len(s.test) for r in res["per_seed"]))
     assert res["summary"]["augmented"]["accuracy"]["mean"] > 0.9  # an easy task with good synthetic data
     assert res["classifier"]["epochs"] == 4 and res["n_test"] == 30
 

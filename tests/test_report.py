@@ -116,6 +116,18 @@ def full_results(class_names=("2-cell", "3-cell", "4-cell")) -> dict:
                                                  "balanced_accuracy": {"mean": 0.842, "std": 0.015, "values": [0.83, 0.859, 0.837]},
                                                  "macro_f1": {"mean": 0.845, "std": 0.012, "values": [0.833, 0.857, 0.845]}}},
             },
+            "per_class": {
+                c[0]: {"support": 80, "recall": {"real": {"mean": 0.9, "std": 0.01}, "augmented": {"mean": 0.9, "std": 0.02},
+                                                 "difference": {"mean": 0.0, "std": 0.01, "ci_low": -0.025, "ci_high": 0.025}},
+                       "f1": {"real": {"mean": 0.88}, "augmented": {"mean": 0.89}, "difference": {"mean": 0.01}}},
+                c[1]: {"support": 28, "recall": {"real": {"mean": 0.61, "std": 0.04}, "augmented": {"mean": 0.73, "std": 0.03},
+                                                 "difference": {"mean": 0.12, "std": 0.02, "values": [0.1, 0.12, 0.14]}},
+                       "f1": {"real": {"mean": 0.66}, "augmented": {"mean": 0.74}, "difference": {"mean": 0.08}},
+                       "precision": {"real": {"mean": 0.7}, "augmented": {"mean": 0.75}, "difference": {"mean": 0.05}}},
+            },
+            "confusion_matrix": {"real": [[217, 13, 10], [20, 51, 13], [9, 12, 219]],
+                                 "augmented": [[220, 12, 8], [12, 61, 11], [10, 10, 220]],
+                                 "class_names": c, "n_seeds": 3},
             "paired_difference": {"accuracy": {"mean": 0.012, "std": 0.004, "values": [0.015, 0.015, 0.006]},
                                   "balanced_accuracy": {"mean": 0.041, "std": 0.006, "values": [0.05, 0.039, 0.034]},
                                   "macro_f1": {"mean": 0.035, "std": 0.005, "values": [0.043, 0.032, 0.03]}},
@@ -428,18 +440,74 @@ def test_user_strings_are_escaped(tmp_path):
     assert "tumour &amp; co" in text
 
 
-def test_verdict_is_cautious():
+def test_verdict_reads_the_paired_interval():
     down = full_results()["downstream"]
-    assert "improved balanced accuracy by +0.041" in downstream_verdict(down)
-    assert "weak" in downstream_verdict(down)
+    v = downstream_verdict(down)
+    # values +0.05, +0.039, +0.034: the 95% t interval over 3 seeds lies above 0
+    assert v.startswith("Helps.") and "+0.041 (95% CI +0.021 to +0.061, paired over 3 seeds" in v
+    assert "weak" in v and "n=188" in v
     noisy = {**down, "paired_difference": {"balanced_accuracy": {"mean": 0.01, "std": 0.03,
                                                                  "values": [0.04, -0.02, 0.01]}}}
-    assert downstream_verdict(noisy).startswith("No clear effect")
+    assert downstream_verdict(noisy).startswith("Inconclusive.") and "spans 0" in downstream_verdict(noisy)
     many = {**down, "seeds": list(range(6)), "paired_difference": {
         "balanced_accuracy": {"mean": -0.03, "std": 0.01, "values": [-0.03, -0.02, -0.04, -0.03, -0.02, -0.04]}}}
     v = downstream_verdict(many)
-    assert "lowered" in v and "6 of 6" in v and "weak" not in v
+    assert v.startswith("Hurts.") and "6 seeds" in v and "weak" not in v
     assert "single seed" in downstream_verdict({"paired_difference": {"accuracy": {"mean": 0.1, "values": [0.1]}}})
+
+
+def _section(text: str, section_id: str) -> str:
+    start = text.index(f'id="{section_id}"')
+    return text[start: text.index("</section>", start)]
+
+
+def test_downstream_section_has_per_class_metrics_and_confusion_matrices():
+    text = render_report(full_results())
+    section = _section(text, "downstream")
+    assert "<h3>Per class</h3>" in section
+    per_class = section[section.index("<h3>Per class</h3>"):]
+    for c in ("2-cell", "3-cell", "4-cell"):
+        assert c in per_class
+    assert "recall" in per_class and "F1" in per_class and "precision" in per_class
+    assert "0.610 ± 0.040" in per_class  # the minority class's recall, real only
+    # the minority class's recall gain has an interval above 0: in bold
+    assert "<b>+0.120</b><br><b>[" in per_class
+    # confusion matrices for both arms, with the summed counts
+    assert section.count('class="confusion compact"') == 2
+    assert "summed over 3 seeds" in section and ">217<" in section
+    assert "true ↓ predicted →" in section
+
+
+def test_grids_show_16_images_per_class_and_enlarge_on_click(tmp_path):
+    real = blob_dataset(per_class=(20, 7, 20))
+    syn = blob_dataset(per_class=(30, 30, 30), seed=5, synthetic=True)
+    text = render_report(full_results(), real=real, synthetic=syn)
+    section = _section(text, "images")
+    assert section.count('<label class="zoom"') == 6  # one grid per class and set
+    assert "16 of 20" in section and "7 of 7" in section and "16 of 30" in section
+    assert "image-rendering: pixelated" in text and "input:checked + img" in text
+    # each grid is one PNG at native pixels with 16 images in two rows of 8 (1 px padding)
+    pngs = re.findall(r'<label class="zoom"[^>]*><input type="checkbox"><img class="pixels" alt="synthetic images'
+                      r' of class 2-cell" style="width:(\d+)px" src="data:image/png;base64,([^"]+)"', section)
+    assert len(pngs) == 1
+    width, data = pngs[0]
+    grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+    assert grid.shape[:2] == (2 * 28 + 3, 8 * 28 + 9)
+    assert int(width) == 2 * grid.shape[1]  # 28 px images shown at a whole 2x
+
+
+def test_verdict_leads_and_config_is_folded():
+    results = full_results()
+    results["verdict"] = {"downstream": {"status": "helps", "text": "+0.041 (95% CI +0.021 to +0.061)"},
+                          "too_small": {"status": "1 item", "items": ["3 downstream seeds (fewer than 5)"]}}
+    text = render_report(results)
+    parsed = parse_html(text)
+    assert parsed.headings[0] == "What this run found"
+    verdict = _section(text, "verdict")
+    assert "badge good" in verdict and "<li>3 downstream seeds (fewer than 5)</li>" in verdict
+    provenance = _section(text, "provenance")
+    details = provenance[provenance.index("Resolved configuration"):]
+    assert details.index("<details>") < details.index("<pre>") < details.index("</details>")
 
 
 def write_example(path: str | Path = "/tmp/report_example.html") -> Path:

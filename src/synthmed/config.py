@@ -180,7 +180,8 @@ class SelectConfig:
 @dataclass
 class DownstreamConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: 5 by default: with 3 the sign of a small paired difference flipped between reruns of the demo
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     #: synthetic images added per real training image in the "real + synthetic" arm
     synthetic_ratio: float = 1.0
     #: augmentation set of the ``traditional`` protocol (names as in classifier.augmentations)

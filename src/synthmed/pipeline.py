@@ -26,11 +26,9 @@ from synthmed.data.dataset import DataSplits, ImageDataset
 from synthmed.data.export import load_image_set, save_image_set
 from synthmed.generators.base import atomic_write_json
 from synthmed.generators.diffusion import DiffusionGenerator, load_generator
+# below these a number still gets computed, but the report says how little it means
+from synthmed.report.verdict import MIN_TEST_PER_CLASS, MIN_TRAIN_PER_CLASS, run_verdict, run_warnings
 from synthmed.runtime import resolve_device, seed_everything, set_threads
-
-# Below these, a number still gets computed but the report says how little it means.
-MIN_TRAIN_PER_CLASS = 50
-MIN_TEST_PER_CLASS = 30
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -397,6 +395,9 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
         "timings": run_info.get("timings", {}),
         "warnings": list(metrics.get("warnings", [])),
     }
+    # recomputed from the numbers, so `synthmed report` on an older run folder also leads with them
+    view["verdict"] = run_verdict(metrics, data)
+    view["warnings"] += [w for w in run_warnings(metrics, data) if w not in view["warnings"]]
     g = metrics.get("generator")
     if g:
         view["generator"] = {
@@ -435,6 +436,7 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             "arms": {arm_names[a]: {"composition": d["composition"][a], "metrics": d["summary"][a]}
                      for a in ("real", "augmented")},
             "paired_difference": d["difference"],
+            **{k: d[k] for k in ("per_class", "confusion_matrix") if k in d},
         }
     return view
 
@@ -519,11 +521,19 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
         "downstream": down,
         "warnings": data_warnings(splits) + _generator_warnings(h) + _evaluation_warnings(evaluation),
     }
+    _add_findings(metrics, json.loads((out / "data.json").read_text()))
     atomic_write_json(metrics, out / "metrics.json")
     _update_run_info(out, timings={"total": time.time() - t_start})
     step_report(out, splits, synthetic, quiet=quiet)
     _log(f"done in {time.time() - t_start:.0f} s", quiet)
     return out
+
+
+def _add_findings(metrics: dict, data: dict) -> dict:
+    """The verdict and the warnings read off the run's numbers (synthmed.report.verdict), into metrics.json."""
+    metrics["warnings"] += [w for w in run_warnings(metrics, data) if w not in metrics["warnings"]]
+    metrics["verdict"] = run_verdict(metrics, data)
+    return metrics
 
 
 def _evaluation_warnings(evaluation: dict) -> list[str]:

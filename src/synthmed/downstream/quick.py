@@ -20,8 +20,10 @@ import numpy as np
 from synthmed.classifiers import classification_metrics, train_classifier
 from synthmed.config import DownstreamConfig
 from synthmed.data.dataset import DataSplits, ImageDataset, concat
+from synthmed.downstream.stats import paired_difference
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auc")
+PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 
 class LeakageError(ValueError):
@@ -95,11 +97,22 @@ def _mean_std(values: list[float | None]) -> dict:
             "values": [float(v) for v in arr]}
 
 
+def _with_interval(entry: dict, augmented: list, real: list) -> dict:
+    """``entry`` plus the 95% paired t interval of augmented - real over seeds."""
+    if entry["mean"] is None:
+        return {**entry, "ci_low": None, "ci_high": None, "confidence": 0.95}
+    d = paired_difference(augmented, real, confidence=0.95)
+    return {**entry, "ci_low": d["ci_low"], "ci_high": d["ci_high"], "confidence": d["confidence"]}
+
+
 def real_vs_augmented(splits: DataSplits, synthetic: ImageDataset, cfg: DownstreamConfig, *, device: str = "cpu",
                       generator_fingerprint: str | None = None, augment: bool = False, progress: bool = False) -> dict:
     """Train real-only and real+synthetic classifiers for every seed in ``cfg.seeds``;
     return per-seed test metrics, mean and sample std (ddof=1) per arm, and the paired
-    difference (augmented - real)."""
+    difference (augmented - real) with its 95% t interval over seeds (``ci_low``/``ci_high``,
+    None below two seeds). Per class: precision/recall/F1 per arm (mean/std over seeds) and
+    their paired difference (``per_class``), and each arm's test confusion matrix summed over
+    seeds (``confusion_matrix``; rows = true class, columns = predicted)."""
     checked = check_no_leakage(splits, synthetic, generator_fingerprint)
     if not cfg.seeds:
         raise ValueError("downstream.seeds is empty")
@@ -128,7 +141,21 @@ def real_vs_augmented(splits: DataSplits, synthetic: ImageDataset, cfg: Downstre
     difference = {}
     for m in SUMMARY_METRICS:
         pairs = [(r["real"][m], r["augmented"][m]) for r in per_seed]
-        difference[m] = _mean_std([None if a is None or b is None else b - a for a, b in pairs])
+        difference[m] = _with_interval(_mean_std([None if a is None or b is None else b - a for a, b in pairs]),
+                                       [b for _, b in pairs], [a for a, _ in pairs])
+    # on imbalanced data the minority class is the point: its recall can move while the overall
+    # accuracy does not
+    per_class = {}
+    for c in names:
+        entry = {"support": per_seed[0]["real"]["per_class"][c]["support"]}
+        for m in PER_CLASS_METRICS:
+            real_v = [r["real"]["per_class"][c][m] for r in per_seed]
+            aug_v = [r["augmented"]["per_class"][c][m] for r in per_seed]
+            entry[m] = {"real": _mean_std(real_v), "augmented": _mean_std(aug_v),
+                        "difference": _with_interval(_mean_std([b - a for a, b in zip(real_v, aug_v)]), aug_v, real_v)}
+        per_class[c] = entry
+    confusion = {arm: np.sum([r[arm]["confusion_matrix"] for r in per_seed], axis=0).astype(int).tolist()
+                 for arm in ("real", "augmented")}
     composition = {  # identical for every seed: the per-class counts are fixed, only the draw varies
         "real": {"real": dict(zip(names, real_counts)), "synthetic": dict.fromkeys(names, 0)},
         "augmented": {"real": dict(zip(names, real_counts)), "synthetic": per_seed[0]["synthetic_drawn"]},
@@ -138,7 +165,11 @@ def real_vs_augmented(splits: DataSplits, synthetic: ImageDataset, cfg: Downstre
         "per_seed": per_seed,
         "summary": summary,
         "difference": difference,
+        "per_class": per_class,
+        "confusion_matrix": {**confusion, "class_names": list(names), "n_seeds": len(per_seed),
+                             "what": "test predictions summed over seeds; rows = true class, columns = predicted"},
         "std": "sample standard deviation over seeds (ddof=1); None with a single seed",
+        "interval": "95% paired t interval over seeds (ci_low, ci_high); None with a single seed",
         "composition": composition,
         "synthetic_available": dict(zip(names, synthetic.class_counts())),
         "synthetic_ratio": cfg.synthetic_ratio,

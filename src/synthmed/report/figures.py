@@ -111,6 +111,21 @@ def class_strip(
                       classes=[class_index])
 
 
+def class_grid(ds: ImageDataset, class_index: int, n: int = 16, columns: int = 8, seed: int = 0, scale: int = 1,
+               pad: int = 1, pad_value: int = 255) -> np.ndarray:
+    """Up to ``n`` random images of one class in rows of ``columns`` (a short last row is left blank).
+
+    At ``scale`` 1 the array keeps the native pixels: the report enlarges it in the browser,
+    which keeps the file small."""
+    if n < 1 or columns < 1:
+        raise ValueError(f"n and columns must be at least 1, got {n} and {columns}")
+    images = list(ds.images[_sample_class_indices(ds, class_index, n, seed)])
+    columns = min(columns, max(len(images), 1))
+    rows = [images[i: i + columns] for i in range(0, max(len(images), 1), columns)] if images else [[]]
+    _, h, w, channels = ds.images.shape
+    return _tile(rows, columns, (h, w), channels, scale, pad, pad_value)
+
+
 def _as_pil(array: np.ndarray) -> Image.Image:
     arr = np.asarray(array)
     if arr.dtype != np.uint8:

@@ -22,15 +22,19 @@ import yaml
 import synthmed
 from synthmed.data.dataset import ImageDataset
 from synthmed.report.downstream_section import render_downstream_experiment
-from synthmed.report.figures import bar_chart_svg, class_strip, line_chart_svg, png_base64
+from synthmed.report.figures import bar_chart_svg, class_grid, line_chart_svg, png_base64
+from synthmed.report.verdict import MIN_SEEDS, downstream_finding, interval
 
 log = logging.getLogger(__name__)
 
 # Below this many seeds a mean ± std across seeds says little about the true spread.
-MIN_SEEDS_FOR_EVIDENCE = 5
-# Images per class shown in the real-vs-synthetic comparison: two strips of this many fit
-# side by side in the page width at 2x scale for 28-32 px images.
-IMAGES_PER_CLASS_SHOWN = 6
+MIN_SEEDS_FOR_EVIDENCE = MIN_SEEDS
+# Images per class shown in the real-vs-synthetic comparison, as a grid of GRID_COLUMNS columns:
+# two grids of 8 x 56 px fit side by side in the page width for 28-32 px images.
+IMAGES_PER_CLASS_SHOWN = 16
+GRID_COLUMNS = 8
+# Displayed size of one image in the grids (CSS px); the PNG keeps the native pixels.
+GRID_CELL_PX = 56
 
 CSS = """
 :root { --fg:#1d1d1f; --muted:#5f6368; --line:#d0d4d9; --bg-soft:#f5f7fa; --accent:#0b5cad; }
@@ -71,6 +75,30 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monosp
 .muted { color: var(--muted); }
 details > summary { cursor: pointer; color: var(--accent); }
 .scroll { overflow-x: auto; max-width: 100%; }
+/* verdict first: four answers, each with its numbers */
+.findings { background: #f3f8fd; border: 1px solid #b8d3ee; border-left: 6px solid var(--accent);
+  border-radius: 6px; padding: 10px 16px; margin: 14px 0; }
+.findings h2 { border: 0; margin: 0 0 6px; font-size: 1.2em; }
+.findings table { width: 100%; margin: 0; background: #fff; }
+.findings th { width: 230px; }
+.findings td.answer { width: 150px; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; font-size: 0.9em;
+  white-space: nowrap; }
+.good { background: #dff3e4; color: #11602a; } .bad { background: #fbe0dd; color: #8c1d12; }
+.neutral { background: #eceff3; color: #3c4043; } .caution { background: #fff0d6; color: #7a4a00; }
+/* click to enlarge, no script: the hidden checkbox's label is the image */
+label.zoom { display: inline-block; cursor: zoom-in; }
+label.zoom input { display: none; }
+label.zoom input:checked + img { position: fixed; inset: 0; width: 100vw !important; height: 100vh !important;
+  max-width: none; padding: 2vh 2vw; object-fit: contain; background: rgba(12, 12, 12, 0.96); z-index: 100;
+  cursor: zoom-out; }
+.hint { font-size: 0.85em; }
+/* wide metric tables: smaller type so nine columns fit at 1400 px without scrolling */
+table.compact { font-size: 0.82em; }
+table.compact th, table.compact td { padding: 3px 6px; }
+table.confusion td.num { min-width: 44px; }
+.cms { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
+@media (min-width: 1300px) { main { max-width: 1260px; } }
 """
 
 
@@ -183,6 +211,16 @@ def _img(array: np.ndarray, alt: str) -> str:
     return f'<img class="pixels" alt="{_e(alt)}" src="data:image/png;base64,{png_base64(array)}">'
 
 
+def _zoom_img(array: np.ndarray, alt: str, width: int | None = None) -> str:
+    """An image that fills the window while clicked (pure CSS: a hidden checkbox in its label).
+
+    ``width``: displayed width in CSS px (the PNG keeps its native pixels, which keeps the file
+    small; ``image-rendering: pixelated`` enlarges them without blurring)."""
+    size = f' style="width:{int(width)}px"' if width else ""
+    return (f'<label class="zoom" title="click to enlarge, click again to close"><input type="checkbox">'
+            f'<img class="pixels" alt="{_e(alt)}"{size} src="data:image/png;base64,{png_base64(array)}"></label>')
+
+
 def _yaml(data: Any) -> str:
     def plain(x: Any) -> Any:
         # configs may hold numpy scalars, paths or dataclasses; YAML-dump their plain form
@@ -241,6 +279,36 @@ def _split_counts_table(data: dict) -> str:
     table = _table(["class"] + splits + ["total"], rows, numeric=numeric, total_last=True)
     table += _table(["", *splits], extra, numeric=numeric)
     return table
+
+
+# verdict status -> badge colour
+_STATUS_CLASS = {"helps": "good", "hurts": "bad", "inconclusive": "caution", "not run": "neutral",
+                 "recognisable": "good", "at or below chance": "bad", "none found": "good", "found": "bad",
+                 "ok": "good"}
+_VERDICT_ROWS = (("downstream", "Does synthetic data help here?"),
+                 ("recognisable", "Are the synthetic images class-recognisable?"),
+                 ("near_copies", "Near-copies of training images?"),
+                 ("too_small", "What is too small to judge?"))
+
+
+def _section_verdict(verdict: dict) -> str:
+    """The four answers the report leads with (synthmed.report.verdict.run_verdict)."""
+    rows = []
+    for key, question in _VERDICT_ROWS:
+        f = verdict.get(key)
+        if not isinstance(f, Mapping):
+            continue
+        status = str(f.get("status", "–"))
+        badge = f'<span class="badge {_STATUS_CLASS.get(status, "caution")}">{_e(status)}</span>'
+        if key == "too_small" and f.get("items"):
+            detail = "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in f["items"]) + "</ul>"
+        else:
+            detail = _e(f.get("text"))
+        rows.append(f'<tr><th>{_e(question)}</th><td class="answer">{badge}</td><td>{detail}</td></tr>')
+    if not rows:
+        return ""
+    return ('<section class="findings" id="verdict"><h2>What this run found</h2>'
+            f'<table><tbody>{"".join(rows)}</tbody></table></section>')
 
 
 def _section_run_inputs(results: dict) -> str:
@@ -303,17 +371,20 @@ def _section_images(real: ImageDataset | None, synthetic: ImageDataset | None, s
             if n == 0:
                 cells.append('<td class="muted">no images</td>')
                 continue
-            # ~64 px per image whatever the native size, so 28 px and 128 px sets both read well
-            scale = max(1, 64 // max(ds.image_size, 1))
-            strip = class_strip(ds, k, per_class=IMAGES_PER_CLASS_SHOWN, seed=seed, scale=scale)
+            grid = class_grid(ds, k, n=IMAGES_PER_CLASS_SHOWN, columns=GRID_COLUMNS, seed=seed)
+            # ~GRID_CELL_PX per image whatever the native size, so 28 px and 128 px sets both read
+            # well; small images by a whole factor, so every source pixel stays the same size
+            size = max(ds.image_size, 1)
+            zoom = max(1, round(GRID_CELL_PX / size)) if size <= GRID_CELL_PX else GRID_CELL_PX / size
+            width = round(grid.shape[1] * zoom)
             shown = min(n, IMAGES_PER_CLASS_SHOWN)
-            cells.append(f"<td>{_img(strip, f'{label} images of class {c}')}"
+            cells.append(f"<td>{_zoom_img(grid, f'{label} images of class {c}', width)}"
                          f'<div class="muted">{shown} of {n:,}</div></td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     table = f'<table class="grid-table"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     drawn_from = "; ".join(f"{_e(label)}: {len(ds):,} images ({_e(_count_summary(ds))})" for label, ds in sets)
     caption = (f"Each row shows up to {IMAGES_PER_CLASS_SHOWN} images of one class, picked at random "
-               f"(seed {seed}). Drawn from {drawn_from}.")
+               f"(seed {seed}); click a grid to enlarge it, click again to close. Drawn from {drawn_from}.")
     intro = ("<p>Real training images next to synthetic images of the same class. Look for the "
              "class-defining features, for artefacts, and for synthetic images that are near copies "
              "of the real ones.</p>")
@@ -326,7 +397,7 @@ def _count_summary(ds: ImageDataset) -> str:
 
 def _section_extra_grids(extra_grids: dict[str, np.ndarray]) -> str:
     # each grid on its own, so one bad array costs only its own figure
-    figs = [_safe(f"grid {name!r}", lambda n=name, a=arr: _figure(_img(np.asarray(a), str(n)), _e(n)))
+    figs = [_safe(f"grid {name!r}", lambda n=name, a=arr: _figure(_zoom_img(np.asarray(a), str(n)), _e(n)))
             for name, arr in extra_grids.items()]
     return f'<section id="more-images"><h2>More image grids</h2>{"".join(figs)}</section>'
 
@@ -496,46 +567,31 @@ def _signed(v: float) -> str:
 
 
 def downstream_verdict(down: dict) -> str:
-    """A plain-language, deliberately cautious reading of the paired difference (plain text)."""
+    """The downstream verdict (helps / hurts / inconclusive from the paired 95% interval over
+    seeds, see :mod:`synthmed.report.verdict`) as one plain-text sentence, numbers included."""
     diffs = down.get("paired_difference") if isinstance(down.get("paired_difference"), Mapping) else {}
-    metric = next((m for m in ("balanced_accuracy", "accuracy", "macro_f1") if isinstance(diffs.get(m), Mapping)),
-                  next((m for m in diffs if isinstance(diffs[m], Mapping)), None))
-    if metric is None:
+    arms = down.get("arms") if isinstance(down.get("arms"), Mapping) else {}
+    first = next(iter(arms.values()), {}) if arms else {}
+    train_counts = (first.get("composition") or {}).get("real") if isinstance(first, Mapping) else None
+    f = downstream_finding(diffs, seeds=down.get("seeds"), n_test=down.get("n_test"),
+                           per_class=down.get("per_class"),
+                           train_counts=train_counts if isinstance(train_counts, Mapping) else None,
+                           test_split=_test_split_name(down.get("test_split")))
+    if f["status"] == "not run":
         return "No paired difference between the arms was recorded, so no verdict is given."
-    d = diffs[metric]
-    values = [float(v) for v in (d.get("values") or []) if _is_number(v)]
-    seeds = down.get("seeds")
-    n = len(values) or (len(seeds) if isinstance(seeds, (list, tuple)) else 0)
-    mean = d.get("mean", float(np.mean(values)) if values else None)
-    std = d.get("std", float(np.std(values, ddof=1)) if len(values) > 1 else None)
-    name = metric.replace("_", " ")
-    if not _is_number(mean):
-        return f"The paired difference in {name} is missing, so no verdict is given."
-    mean = float(mean)
-    arms = list((down.get("arms") or {}).keys())
-    change = f"adding synthetic images ({arms[-1]} vs {arms[0]})" if len(arms) >= 2 else "adding synthetic images"
-    if n < 2 or not _is_number(std):
-        return (f"With a single seed, {change} changed {name} by {_signed(mean)}; one run cannot separate "
-                "an effect from run-to-run noise, so treat this as anecdotal.")
-    std = float(std)
-    positive = sum(v > 0 for v in values)
-    negative = sum(v < 0 for v in values)
-    if abs(mean) <= std:
-        text = (f"No clear effect: the mean paired difference in {name} ({_signed(mean)}) is not larger than "
-                f"its seed-to-seed standard deviation ({std:.3f}) over {n} seeds.")
-    else:
-        direction = "improved" if mean > 0 else "lowered"
-        consistent = positive if mean > 0 else negative
-        text = (f"{change[0].upper() + change[1:]} {direction} {name} by {_signed(mean)} on average, more than "
-                f"the seed-to-seed standard deviation ({std:.3f}); it went the same way in {consistent} of "
-                f"{n} seeds.")
-    if n < MIN_SEEDS_FOR_EVIDENCE:
-        text += (f" With only {n} seeds this evidence is weak; run at least {MIN_SEEDS_FOR_EVIDENCE} seeds "
-                 "before relying on it.")
-    n_test = down.get("n_test")
-    if _is_number(n_test) and n_test > 0:
-        text += f" For scale: on {int(n_test):,} test images, one image is {1 / n_test:.3f} of accuracy."
+    text = f"{f['status'].capitalize()}. {f['text']}"
+    if 1 < f["n_seeds"] < MIN_SEEDS_FOR_EVIDENCE:
+        text += (f" With only {f['n_seeds']} seeds this evidence is weak (the sign of a small difference can flip "
+                 f"between reruns); run at least {MIN_SEEDS_FOR_EVIDENCE} seeds before relying on it.")
+    if _is_number(f.get("n_test")) and f["n_test"] > 0:
+        text += f" For scale: on {f['n_test']:,} test images, one image is {1 / f['n_test']:.3f} of accuracy."
     return text
+
+
+def _test_split_name(name: Any) -> str:
+    name = str(name or "test")
+    name = name if name.startswith("real") else f"real {name}"
+    return name if name.endswith("split") else f"{name} split"
 
 
 def diff_label_plain(arm_names: list[str]) -> str:
@@ -559,11 +615,7 @@ def _section_downstream(down: dict) -> str:
         row = [_e(m.replace("_", " "))]
         row += [_mean_std((arms[a].get("metrics") or {}).get(m)) for a in arm_names]
         if diffs:
-            d = diffs.get(m)
-            if isinstance(d, Mapping) and _is_number(d.get("mean")):
-                row.append(_signed(float(d["mean"])) + (f" ± {_frac(d['std'])}" if _is_number(d.get("std")) else ""))
-            else:
-                row.append("–")
+            row.append(_diff_ci_cell(diffs.get(m), with_std=True))
         rows.append(row)
     table = _table(header, rows, numeric=set(range(1, len(header))))
 
@@ -574,10 +626,12 @@ def _section_downstream(down: dict) -> str:
     bits = []
     if n_seeds is not None:
         bits.append(f"{n_seeds} seed{'s' if n_seeds != 1 else ''} ({_inline(seeds)})")
-    bits.append(f"evaluated on the real {_e(test_split)} split"
+    bits.append(f"evaluated on the {_e(_test_split_name(test_split))}"
                 + (f" (n={_num(down['n_test'])})" if down.get("n_test") is not None else ""))
+    std_kind = str(std_kind).split(";")[0].replace(" over seeds", "")  # "sample standard deviation (ddof=1)"
     caption = (", ".join(bits) + f". Values are mean ± {_e(std_kind)} across seeds; the paired difference is "
-               "computed per seed (same seed, same real data) and then averaged.")
+               "computed per seed (same seed, same real data) and then averaged; under it its 95% t interval "
+               "over seeds, in bold when it excludes 0.")
 
     chart = ""
     if metrics and arm_names:
@@ -591,14 +645,21 @@ def _section_downstream(down: dict) -> str:
         labels = [m.replace("_", " ") for m in metrics]
         charts = [bar_chart_svg(labels, series, "Classifier scores on the real test split", "score",
                                 y_max=1.0, width=530)]
-        diff_entries = [(diffs[m].get("mean"), diffs[m].get("std")) if isinstance(diffs.get(m), Mapping) else None
-                        for m in metrics]
+        diff_entries = []
+        for m in metrics:
+            d = diffs.get(m)
+            lo, hi, _ = interval(d)
+            # the error bar is the statement the verdict reads: the 95% interval (symmetric t interval)
+            diff_entries.append((d.get("mean"), (hi - lo) / 2 if lo is not None else None)
+                                if isinstance(d, Mapping) else None)
         if any(e is not None for e in diff_entries):
             # on a 0-1 axis a few points of difference are barely visible; this chart zooms in on them
             charts.append(bar_chart_svg(labels, {diff_label_plain(arm_names): diff_entries},
-                                        "Paired difference per metric", "difference", width=530))
+                                        "Paired difference per metric (95% CI)", "difference", width=530))
         chart = _figure(f'<div class="charts">{"".join(_inline_svg(c) for c in charts)}</div>',
-                        "Bars: mean across seeds; error bars: ± one standard deviation across seeds.")
+                        "Scores: mean across seeds, error bars ± one standard deviation across seeds. Paired "
+                        "difference: mean, error bars its 95% t interval over seeds (a bar whose interval "
+                        "crosses 0 is no evidence either way).")
 
     per_seed = ""
     if diffs and any(isinstance(d, Mapping) and d.get("values") for d in diffs.values()):
@@ -623,10 +684,100 @@ def _section_downstream(down: dict) -> str:
             setup_rows.append((f"training data: {a}", _inline(comp)))
 
     verdict = f'<p class="verdict">{_e(downstream_verdict(down))}</p>'
+    per_class = _safe("per-class downstream metrics", lambda: _downstream_per_class(down, arm_names))
+    confusion = _safe("confusion matrices", lambda: _downstream_confusion(down, arm_names))
     return ('<section id="downstream"><h2>Does synthetic data help a classifier?</h2>'
-            + verdict + _figure(table, caption) + chart + per_seed
+            + verdict + _figure(table, caption) + per_class + confusion + chart + per_seed
             + ("<h3>Classifier and training data</h3>" + _kv_table(setup_rows) if setup_rows else "")
             + "</section>")
+
+
+def _diff_ci_cell(d: Any, with_std: bool = False) -> str:
+    """A paired difference: mean (± std), its 95% interval underneath, bold when it excludes 0."""
+    if not isinstance(d, Mapping) or not _is_number(d.get("mean")):
+        return "–"
+    text = _signed(float(d["mean"])) + (f" ± {_frac(d['std'])}" if with_std and _is_number(d.get("std")) else "")
+    lo, hi, _ = interval(d)
+    if lo is None:
+        return text + '<br><span class="muted">no interval (1 seed)</span>'
+    ci = f"[{_signed(lo)}, {_signed(hi)}]"
+    if lo > 0 or hi < 0:
+        return f"<b>{text}</b><br><b>{ci}</b>"
+    return f'{text}<br><span class="muted">{ci}</span>'
+
+
+def _downstream_per_class(down: dict, arm_names: list[str]) -> str:
+    """Precision, recall and F1 per class for both arms and their paired difference."""
+    per_class = down.get("per_class")
+    if not isinstance(per_class, Mapping) or not per_class:
+        return ""
+    metrics = [m for m in ("recall", "f1", "precision")
+               if any(isinstance(e, Mapping) and isinstance(e.get(m), Mapping) for e in per_class.values())]
+    first = next(iter(down.get("arms", {}).values()), {}) if down.get("arms") else {}
+    train_counts = ((first.get("composition") or {}).get("real") or {}) if isinstance(first, Mapping) else {}
+    train_counts = train_counts if isinstance(train_counts, Mapping) else {}
+    short = {"real": "real", "augmented": "+ syn.", "difference": "Δ [95% CI]"}
+    top = '<th rowspan="2">class</th><th rowspan="2" class="num">train</th><th rowspan="2" class="num">test</th>'
+    top += "".join(f'<th colspan="3">{_e(m if m != "f1" else "F1")}</th>' for m in metrics)
+    sub = "".join(f'<th class="num">{_e(short[k])}</th>' for _ in metrics for k in short)
+    rows = []
+    for c, e in per_class.items():
+        if not isinstance(e, Mapping):
+            continue
+        cells = [f"<td>{_e(c)}</td>", f'<td class="num">{_num(train_counts.get(c))}</td>',
+                 f'<td class="num">{_num(e.get("support"))}</td>']
+        for m in metrics:
+            entry = e.get(m) if isinstance(e.get(m), Mapping) else {}
+            cells += [f'<td class="num">{_mean_std(entry.get("real"))}</td>',
+                      f'<td class="num">{_mean_std(entry.get("augmented"))}</td>',
+                      f'<td class="num">{_diff_ci_cell(entry.get("difference"))}</td>']
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    names = f"{arm_names[0]} vs {arm_names[-1]}" if len(arm_names) >= 2 else "the two arms"
+    table = (f'<table class="compact"><thead><tr>{top}</tr><tr>{sub}</tr></thead>'
+             f"<tbody>{''.join(rows)}</tbody></table>")
+    caption = (f"Per class on the real test split, {_e(names)}: mean ± std across seeds; Δ: paired difference "
+               "(real + synthetic − real only) with its 95% t interval over seeds, in bold when it excludes 0. "
+               "On imbalanced data watch the small classes: their recall is what synthetic images are meant "
+               "to lift, and an overall score can hide it.")
+    return "<h3>Per class</h3>" + _figure(table, caption)
+
+
+def _downstream_confusion(down: dict, arm_names: list[str]) -> str:
+    """Test-set confusion matrix per arm, summed over seeds, shaded by row fraction."""
+    cm = down.get("confusion_matrix")
+    if not isinstance(cm, Mapping):
+        return ""
+    names = list(cm.get("class_names") or [])
+    labels = {"real": arm_names[0] if arm_names else "real only",
+              "augmented": arm_names[-1] if len(arm_names) >= 2 else "real + synthetic"}
+    tables = []
+    for key, label in labels.items():
+        m = np.asarray(cm.get(key) or [], dtype=np.int64)
+        if m.ndim != 2 or m.shape != (len(names), len(names)):
+            continue
+        head = '<th class="muted">true ↓ predicted →</th>' + "".join(f'<th class="num">{_e(n)}</th>' for n in names)
+        body = []
+        for i, n in enumerate(names):
+            total = int(m[i].sum())
+            cells = []
+            for j in range(len(names)):
+                share = m[i, j] / total if total else 0.0
+                # blue on the diagonal (right), red off it (wrong); the shade is the row fraction
+                rgb = (11, 92, 173) if i == j else (192, 57, 43)
+                bg = f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{0.08 + 0.5 * share:.2f})" if m[i, j] else "transparent"
+                cells.append(f'<td class="num" style="background:{bg}" title="{share:.1%} of true {_e(n)}">'
+                             f"{int(m[i, j]):,}</td>")
+            body.append(f"<tr><th>{_e(n)}</th>{''.join(cells)}</tr>")
+        tables.append(f'<div><h3>{_e(label)}</h3><table class="confusion compact"><thead><tr>{head}</tr></thead>'
+                      f"<tbody>{''.join(body)}</tbody></table></div>")
+    if not tables:
+        return ""
+    n_seeds = cm.get("n_seeds")
+    caption = ("Confusion matrices on the real test split: rows are the true class, columns the predicted one, "
+               + (f"summed over {int(n_seeds)} seed{'s' if n_seeds != 1 else ''} (each row adds up to seeds × "
+                  "test images of that class)" if _is_number(n_seeds) else "summed over seeds")
+               + "; the shade is the fraction of the row.")
+    return _figure(f'<div class="cms">{"".join(tables)}</div>', caption)
 
 
 def _metric_cell(entry: Any) -> str:
@@ -654,6 +805,7 @@ def _section_evaluation(ev: dict) -> str:
         rows = rows[1:] + rows[:1]
     table = _table(["class", "real", "synthetic"] + [_e(m) for m in metrics], rows,
                    numeric=set(range(1, 3 + len(metrics))), total_last=True)
+    table = table.replace("<table>", '<table class="compact">', 1)  # nine metric columns: fit 1400 px
     real, syn = header.get("real") or {}, header.get("synthetic") or {}
     ex_bits = [f"<b>{_e(ex.get('name', '?'))}</b>"]
     if ex.get("trained_on"):
@@ -705,7 +857,7 @@ def _section_memorisation(audit: dict) -> str:
             + (" (flipped)" if p.get("flip") not in (None, "none") else "")
             + (", byte-identical" if p.get("exact_copy") else "") + (", flagged" if p.get("flagged") else "")
             for i, p in enumerate(pairs))
-        grid_html = _figure(_img(np.asarray(grid), "closest synthetic/training pairs"),
+        grid_html = _figure(_zoom_img(np.asarray(grid), "closest synthetic/training pairs"),
                             "The synthetic images closest to a training image (left), each next to that training "
                             f"image (right, in the flip that matched), most copy-like first. {listed}")
     return ('<section id="memorisation"><h2>Does the generator copy training images?</h2>'
@@ -750,8 +902,8 @@ def _section_provenance(results: dict) -> str:
         parts.append("<h3>Timings</h3>" + _table(["step", "time"], rows, numeric={1}, total_last=True))
     if results.get("config") is not None:
         parts.append("<h3>Resolved configuration</h3>"
-                     "<p class=\"muted\">Every setting this run used, defaults included.</p>"
-                     f"<pre>{_e(_yaml(results['config']))}</pre>")
+                     "<details><summary>Every setting this run used, defaults included (click to show)</summary>"
+                     f"<pre>{_e(_yaml(results['config']))}</pre></details>")
     return f'<section id="provenance"><h2>Provenance</h2>{"".join(parts)}</section>'
 
 
@@ -772,8 +924,10 @@ def render_report(results: dict, real: ImageDataset | None = None, synthetic: Im
                   extra_grids: dict[str, np.ndarray] | None = None) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
     results = results or {}
-    body = [_safe("header", lambda: _section_header(results)),
-            _safe("warnings", lambda: _section_warnings(results)),
+    body = [_safe("header", lambda: _section_header(results))]
+    if isinstance(results.get("verdict"), Mapping):  # the verdict leads, above everything else
+        body.append(_safe("verdict", lambda: _section_verdict(results["verdict"])))
+    body += [_safe("warnings", lambda: _section_warnings(results)),
             _safe("run inputs", lambda: _section_run_inputs(results))]
     if real is not None or synthetic is not None:
         body.append(_safe("real vs synthetic images", lambda: _section_images(real, synthetic)))
