@@ -145,7 +145,10 @@ def cmd_evaluate(args) -> int:
     from synthmed.generators.base import atomic_write_json
 
     atomic_write_json({k: v for k, v in result.items() if k != "evaluation"}, out / "evaluation" / "judge_and_audit.json")
+    card = pipeline.record_evaluation_in_card(pipeline.synthetic_set_folder(args.synthetic), synthetic, result)
     print(f"evaluation: {(out / 'evaluation').resolve()}")
+    if card:
+        print(f"data card: {card.resolve()}")
     return 0
 
 
@@ -352,13 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("evaluate", help="FID/KID/precision/recall/density/coverage/SSIM per class, memorisation audit",
                        description="Compare a synthetic set with real images: conditional accuracy, distribution "
-                       "metrics per class with bootstrap CIs, and a memorisation audit against the training split.")
+                       "metrics per class with subsampling CIs, and a memorisation audit against the training split; "
+                       "the results go into the set's data card (card.md).")
     q.add_argument("real", help="run folder, or dataset: embryo | folder:PATH | csv:FILE | medmnist:FLAG")
     q.add_argument("synthetic", help="folder written by `synthmed sample` (images.npz), run folder, folder:/csv:")
     q.add_argument("--real-split", choices=["train", "val", "test"], help="real split to compare with (default test)")
     q.add_argument("--extractor", help="domain (default; trained on the real training split) | inception | "
                    "inception:WEIGHTS.pth | torchscript:MODEL.pt")
-    q.add_argument("--n-boot", type=int, help="bootstrap replicates for the CIs (default 100)")
+    q.add_argument("--n-boot", type=int,
+                   help="subsamples (half of each set, without replacement) for the CIs (default 100)")
     q.add_argument("--k", type=int, help="k of the k-NN metrics (default 3)")
     q.add_argument("--lpips", action="store_true", help="also LPIPS (needs ImageNet backbone weights)")
     q.add_argument("--lpips-weights-dir", help="folder holding the LPIPS backbone weights file")
