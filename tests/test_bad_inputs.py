@@ -127,6 +127,8 @@ BAD_INPUTS = [
                              "{tmp}/crops2", "--classes", "WBC,Eosinophil"], "Eosinophil"),
     ("crops-negative-pad", ["data", "crops", "--boxes", "{voc}", "--images", "{voc_images}", "--to",
                             "{tmp}/crops3", "--pad", "-0.1"], "pad = -0.1"),
+    ("evaluate-empty-set", ["evaluate", "folder:{real}", "{syn_empty}", "--out", "{tmp}/ev_empty"],
+     "holds no images"),
     # --- downstream flags
     ("downstream-protocol", ["downstream", "--protocols", "baseline,mixx"], "'mixx' is not allowed"),
     ("downstream-filter", ["downstream", "--filters", "strict"], "'strict' is not allowed"),
@@ -157,6 +159,8 @@ def workspace(tmp_path_factory) -> dict[str, str]:
     one_class = tmp / "syn_one_class"
     shutil.copytree(syn, one_class)
     shutil.rmtree(one_class / "normal_benign")
+    syn_empty = save_image_set(ImageDataset(images[:0], np.zeros(0, np.int64), list(BREAST_CLASSES), synthetic=True),
+                               tmp / "syn_empty")
     csv_typo = tmp / "list.csv"
     with open(csv_typo, "w", newline="") as f:
         w = csv.writer(f)
@@ -181,7 +185,7 @@ def workspace(tmp_path_factory) -> dict[str, str]:
                          "img_b.png,WBC,50,20,80,50\n")
     return {"voc": str(voc), "voc_images": str(voc_images), "wbc": str(wbc.parent), "boxes_dup": str(boxes_dup),
             "tmp": str(tmp), "real": str(real), "syn": str(syn), "syn_renamed": str(renamed),
-            "syn_one_class": str(one_class), "csv_typo": str(csv_typo), "run": str(run), "bad_yaml": str(bad_yaml)}
+            "syn_one_class": str(one_class), "syn_empty": str(syn_empty), "csv_typo": str(csv_typo), "run": str(run), "bad_yaml": str(bad_yaml)}
 
 
 @pytest.fixture

@@ -98,6 +98,35 @@ def test_evaluate_and_filter_verbs(demo_run, tmp_path, capsys):
     assert len(kept) == sum(e["kept"] for e in report["per_class"].values()) <= 12
 
 
+def test_every_written_set_has_a_data_card_that_evaluate_fills(demo_run, tmp_path, capsys):
+    samples = demo_run / "samples"
+    card = json.loads((samples / "card.json").read_text())
+    data = json.loads((demo_run / "data.json").read_text())
+    assert card["training_data"]["fingerprint"] == data["train"]["fingerprint"]
+    assert sum(card["training_data"]["class_counts"].values()) == data["train"]["num_images"]
+    assert card["sampling"]["sampler"] and card["generator"]["settings"]["train_steps"] == 6
+    assert "not validated for diagnosis" in (samples / "card.md").read_text()
+    capsys.readouterr()
+    assert main(["evaluate", str(demo_run), str(samples), "--n-boot", "5", "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0
+    assert "data card:" in capsys.readouterr().out
+    ev = json.loads((samples / "card.json").read_text())["evaluation"]
+    assert ev["synthetic_fingerprint"] == card["set"]["fingerprint"] and ev["extractor"]["name"] == "domain"
+    assert set(ev["conditional_accuracy"]["per_class"]) == {"2-cell", "3-cell", "4-cell"}
+    assert ev["conditional_accuracy"]["judge"]["arch"]
+    dist = ev["distribution"]
+    assert dist["n_synthetic"] == 12 and dist["ci_method"] == "subsampling m=0.5n"
+    assert {"fid", "precision", "recall"} <= set(dist["metrics"]) and "ci_low" in dist["metrics"]["fid"]
+    assert json.loads((samples / "card.json").read_text())["memorisation"]["n"] == 12
+    md = (samples / "card.md").read_text()
+    assert "Conditional accuracy" in md and "| fid |" in md and "flagged as near-copies" in md
+    assert main(["filter", str(samples), "--real", str(demo_run), "--mode", "global", "--k", "2",
+                 "--out", str(tmp_path / "kept"), "--quiet"]) == 0
+    kept = json.loads((tmp_path / "kept" / "card.json").read_text())
+    assert kept["selection"]["mode"] == "global" and kept["evaluation"] is None
+    assert kept["training_data"]["fingerprint"] == data["train"]["fingerprint"]
+
+
 def test_downstream_verb_runs_and_resumes(demo_run, capsys):
     argv = ["downstream", "--preset", "demo", "--out", str(demo_run.parent), "--name", "tiny", "--quiet", *TINY,
             "--protocols", "baseline,mix,balance", "--reuse-generator", "--set", "downstream.seeds=[0,1]"]

@@ -63,7 +63,12 @@ def test_rows_per_class_and_total(result):
     assert list(total["metrics"]) == list(METRICS)
     for m in ("fid", "kid", "precision", "recall"):
         e = total["metrics"][m]
-        assert e["ci_low"] is not None and e["ci_low"] <= e["ci_high"]
+        assert e["ci_low"] is not None and e["ci_low"] <= e["value"] <= e["ci_high"]
+        assert e["ci_method"] == "subsampling m=0.5n" and e["ci_target"]
+    # 75 vs 64 images in 16-d: half-samples of 32 hold 2 x 16 images, enough for FID's 1/N correction
+    bc = total["metrics"]["fid"]["bias_corrected"]
+    assert bc["ci_low"] <= bc["value"] <= bc["ci_high"] and bc["value"] < total["metrics"]["fid"]["value"]
+    assert result["rows"][3]["metrics"]["fid"]["bias_corrected"]["value"] is None  # the 'rare' class: 5 vs 4
     benign = result["rows"][1]["metrics"]
     assert benign["precision"]["value"] == 1.0 and benign["ssim"]["value"] == pytest.approx(1.0, abs=1e-5)
 
@@ -86,6 +91,7 @@ def test_header_records_provenance(result):
     assert h["synthetic"]["fingerprint"] == synthetic.fingerprint() and h["synthetic"]["num_images"] == 64
     assert "nearest real image" in h["pairing_policy"]
     assert h["k"] == 3 and h["n_boot"] == 10 and h["seed"] == 0 and h["synthmed_version"]
+    assert h["ci_method"] == "subsampling m=0.5n" and "without replacement" in h["bootstrap"]
 
 
 def test_outputs(result, tmp_path):
@@ -104,6 +110,7 @@ def test_outputs(result, tmp_path):
     assert float(fid_total["ci_low"]) <= float(fid_total["ci_high"])
     table = format_table(result)
     assert "stub" in table and "rare" in table and "75 images" in table and "warnings" in table
+    assert "subsampling m=0.5n" in table
 
 
 def test_features_extracted_once_per_set():

@@ -220,7 +220,10 @@ def cmd_evaluate(args) -> int:
     from synthmed.generators.base import atomic_write_json
 
     atomic_write_json({k: v for k, v in result.items() if k != "evaluation"}, out / "evaluation" / "judge_and_audit.json")
+    card = pipeline.record_evaluation_in_card(pipeline.synthetic_set_folder(args.synthetic), synthetic, result)
     print(f"evaluation: {(out / 'evaluation').resolve()}")
+    if card:
+        print(f"data card: {card.resolve()}")
     return 0
 
 
@@ -465,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("evaluate", help="FID/KID/precision/recall/density/coverage/SSIM per class, memorisation audit",
                        description="Compare a synthetic set with real images: conditional accuracy, distribution "
-                       "metrics per class with bootstrap CIs, and a memorisation audit against the training split.")
+                       "metrics per class with subsampling CIs, and a memorisation audit against the training split; "
+                       "the results go into the set's data card (card.md).")
     q.add_argument("real", help="run folder, or dataset: embryo | folder:PATH | csv:FILE | medmnist:FLAG")
     q.add_argument("synthetic", help="folder written by `synthmed sample` (images.npz), run folder, folder:/csv:")
     _config_flag(q, "--real-split", key="evaluate.real_split", choices=["train", "val", "test"],
@@ -473,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(q, "--extractor", key="evaluate.extractor", text=True,
                  help="domain (default; trained on the real training split) | inception | "
                  "inception:WEIGHTS.pth | torchscript:MODEL.pt")
-    _config_flag(q, "--n-boot", key="evaluate.n_boot", help="bootstrap replicates for the CIs (default 100)")
+    _config_flag(q, "--n-boot", key="evaluate.n_boot", help="subsamples (half of each set, without replacement) for the CIs (default 100)")
     _config_flag(q, "--k", key="evaluate.k", help="k of the k-NN metrics (default 3)")
     _config_flag(q, "--lpips", key="evaluate.lpips", action="store_const", const=True,
                  help="also LPIPS (needs ImageNet backbone weights)")

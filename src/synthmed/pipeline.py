@@ -8,7 +8,7 @@ Each step is a function the CLI verbs call on their own too. A run folder::
       data.json          what data was used: source, split policy, counts per class and split
       checkpoints/       resumable training state (atomic writes)
       generator/         the trained generator (checkpoint + generator.json)
-      samples/           synthetic images: <class>/*.png, images.npz, manifest.csv, info.json
+      samples/           synthetic images: <class>/*.png, images.npz, manifest.csv, info.json, card.md/card.json
       metrics.json       conditional accuracy + downstream comparison (raw numbers)
       report.html        self-contained report
 """
@@ -191,7 +191,7 @@ def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, c
 
 def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judge, extractor, out_dir: Path, *,
                        seed: int = 0, quiet: bool = False) -> dict:
-    """Conditional accuracy (judge), distribution metrics per class with bootstrap CIs against the
+    """Conditional accuracy (judge), distribution metrics per class with subsampling CIs against the
     real ``ev_cfg.real_split``, and the memorisation audit against the real training split.
     Writes ``out_dir/evaluation/{metrics.json,metrics.csv}`` and the audit's worst pairs."""
     from synthmed.metrics.conditional_accuracy import conditional_accuracy
@@ -199,6 +199,11 @@ def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judg
     from synthmed.metrics.memorisation import memorisation_audit, worst_pairs_grid
     from synthmed.report.figures import save_png
 
+    if len(synthetic) == 0:
+        from synthmed.data.dataset import DataError
+
+        raise DataError(f"{synthetic.name}: the synthetic set holds no images (a realism filter that kept none?); "
+                        "generate more (synthmed sample --per-class N) or loosen the filter (--threshold)")
     t0 = time.time()
     stages: dict[str, float] = {}
     result = {"conditional_accuracy": conditional_accuracy(judge.classifier, synthetic, splits.test)}
@@ -232,7 +237,23 @@ def step_evaluate(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: Imag
                   *, quiet: bool = False) -> dict:
     result = evaluate_synthetic(splits, synthetic, cfg.evaluate, judge, extractor, out, seed=cfg.seed, quiet=quiet)
     _update_run_info(out, timings={"evaluate": result["seconds"]})
+    if (out / "samples" / "images.npz").is_file():  # the set step_sample / step_select wrote
+        record_evaluation_in_card(out / "samples", synthetic, result)
     return result
+
+
+def record_evaluation_in_card(folder: Path | None, synthetic: ImageDataset, result: dict) -> Path | None:
+    """Add the evaluation summary and memorisation result of ``result`` (:func:`evaluate_synthetic`)
+    to the data card of the set in ``folder``; returns the card.md path (None without a folder)."""
+    from synthmed.data.card import CARD_MD, describe_set, update_data_card
+    from synthmed.metrics.evaluate import card_summaries
+
+    if folder is None:
+        return None
+    evaluation, memorisation = card_summaries(result, synthetic.fingerprint())
+    update_data_card(folder, evaluation_summary=evaluation, memorisation=memorisation,
+                     set_info=describe_set(synthetic), meta=synthetic.meta)
+    return Path(folder) / CARD_MD
 
 
 def step_downstream(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: ImageDataset, device: str,
@@ -323,6 +344,19 @@ def step_downstream_experiment(cfg: RunConfig, out: Path, splits: DataSplits, de
 
 def resolve_synthetic(source: str | Path) -> ImageDataset:
     """A synthetic image set from a folder written by `synthmed sample` (images.npz), a run folder
+    (its samples/), or a ``folder:``/``csv:`` dataset of generated images (flagged synthetic);
+    refused when it holds no images (nothing to score)."""
+    from synthmed.data.dataset import DataError
+
+    ds = _read_synthetic(source)
+    if len(ds) == 0:
+        raise DataError(f"{source}: the synthetic set holds no images (a realism filter that kept none?); "
+                        "generate more (synthmed sample --per-class N) or loosen the filter (--threshold)")
+    return ds
+
+
+def _read_synthetic(source: str | Path) -> ImageDataset:
+    """A synthetic image set from a folder written by `synthmed sample` (images.npz), a run folder
     (its samples/), or a ``folder:``/``csv:`` dataset of generated images (flagged synthetic)."""
     from synthmed.data.dataset import DataError
 
@@ -341,6 +375,20 @@ def resolve_synthetic(source: str | Path) -> ImageDataset:
         return load_image_set(p)
     raise DataError(f"{source}: no synthetic image set there; pass a folder written by `synthmed sample` "
                     "(holding images.npz), a run folder, or folder:PATH / csv:FILE")
+
+
+def synthetic_set_folder(source: str | Path) -> Path | None:
+    """The folder holding the ``images.npz`` (and data card) that :func:`resolve_synthetic` reads for
+    ``source``; None for ``folder:``/``csv:`` images, which synthmed did not write."""
+    source = str(source)
+    if source.startswith(("folder:", "csv:")):
+        return None
+    p = Path(source)
+    if (p / "samples" / "images.npz").is_file():
+        return p / "samples"
+    if (p / "images.npz").is_file():
+        return p
+    return p.parent if p.suffix == ".npz" and p.is_file() else None
 
 
 def real_config(source: str, *, data_root: str | None = None, overrides: dict | None = None) -> RunConfig:

@@ -6,6 +6,8 @@ Layout of an exported folder::
     manifest.csv      path,label  (loadable with `synthmed.data.load_csv` / `csv:` datasets)
     <class>/000000.png
     info.json         provenance (generator, sampler, seed, training-data fingerprint, ...)
+    card.md/.json     data card of a synthetic set: what it is, how it was made, how it scored, what it is
+                      not for (:mod:`synthmed.data.card`)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from synthmed.data.card import describe_set, write_data_card
 from synthmed.data.dataset import DataError, ImageDataset
 
 
@@ -48,9 +51,14 @@ def save_image_set(ds: ImageDataset, folder: str | Path, *, png: bool = True) ->
             w = csv.writer(f)
             w.writerow(["path", "label"])
             w.writerows(rows)
-    info = {"name": ds.name, "num_images": len(ds), "synthetic": ds.synthetic,
-            "class_counts": dict(zip(ds.class_names, ds.class_counts())), **ds.meta}
+    # the set's own counts last: meta read back from a parent set's info.json carries the parent's
+    info = {**ds.meta, "name": ds.name, "num_images": len(ds), "synthetic": ds.synthetic,
+            "class_counts": dict(zip(ds.class_names, ds.class_counts()))}
     (folder / "info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    if ds.synthetic:
+        # a fresh card: an evaluation in a card left from earlier images in this folder does not carry over
+        files = ["images.npz", "info.json"] + (["manifest.csv", "<class>/*.png"] if png else [])
+        write_data_card(folder, ds.meta, set_info=describe_set(ds, files))
     return folder
 
 

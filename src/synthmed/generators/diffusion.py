@@ -159,6 +159,8 @@ class DiffusionGenerator(Generator):
             self._load_checkpoint(ckpt, expect_fingerprint=fingerprint)
         self.train_fingerprint = fingerprint
         self.train_image_hashes = train.image_hashes()
+        # recorded for the data card of every set sampled later (saved with the checkpoint's history)
+        self.history["train_class_counts"] = dict(zip(self.class_names, counts))
 
         cfg, dev = self.cfg, self.device
         data, labels, n_variants = self._training_tensors(train, val, progress)
@@ -309,6 +311,9 @@ class DiffusionGenerator(Generator):
             "generator": self.kind, "space": self.cfg.space, "sampler": sampler, "steps": steps, "guidance": w,
             "seed": seed, "train_fingerprint": self.train_fingerprint, "seconds": seconds,
             "images_per_second": len(labels) / max(seconds, 1e-9),
+            # for the data card; generators saved before these were recorded give None ("unknown" there)
+            "train_class_counts": self.history.get("train_class_counts"), "train_steps": self.step,
+            "generator_config": asdict(self.cfg),
         }
         return ImageDataset.from_tensor(x, torch.from_numpy(labels), self.class_names, name="synthetic", meta=meta)
 

@@ -1,5 +1,5 @@
 """One call that evaluates a synthetic set against a real one: every metric, in total and per
-class, with bootstrap intervals, small-sample warnings and the provenance needed to trust or
+class, with subsampling intervals, small-sample warnings and the provenance needed to trust or
 reproduce the numbers. Outputs: a result dict (metrics.json), a flat CSV and a terminal table.
 
 Features are extracted once per set; every feature metric (FID, KID, precision / recall / F1,
@@ -12,13 +12,14 @@ import csv
 import json
 import math
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 import synthmed
 from synthmed.data.dataset import ImageDataset
-from synthmed.metrics.bootstrap import bootstrap_ci
+from synthmed.metrics.bootstrap import DEFAULT_FRACTION, subsample_ci, subsampling_method
 from synthmed.metrics.prdc import DEFAULT_K, prdc
 
 DEFAULT_METRICS = ("fid", "kid", "precision", "recall", "f1", "density", "coverage", "ssim")
@@ -32,22 +33,37 @@ DEFAULT_ALPHA = 0.05
 MIN_IMAGES_PER_CLASS = 10
 KID_SUBSET_SIZE = 1000
 KID_N_SUBSETS = 100
-#: subsets per bootstrap replicate: the replicates carry the resampling noise, so fewer subsets
-#: each keep the bootstrap affordable (it adds a little subset noise: slightly wider interval)
+#: subsets per subsample replicate: the replicates carry the resampling noise, so fewer subsets
+#: each keep the intervals affordable (it adds a little subset noise: slightly wider interval)
 KID_N_SUBSETS_PER_REPLICATE = 10
+#: share of each set one interval replicate keeps (subsampling without replacement)
+CI_FRACTION = DEFAULT_FRACTION
+#: FID's 1/N bias correction is reported only when both half-samples hold at least this many
+#: images per feature dimension: below it the bias is no longer linear in 1/N (measured on
+#: Gaussians: 512 vs 256 images in 64-d corrected to within 0.5 standard errors, 256 vs 128 not)
+BIAS_CORRECTION_MIN_PER_DIM = 2
 DEFAULT_PAIRING = "nearest"
 TOTAL = "total"
 CSV_NAME = "metrics.csv"
 JSON_NAME = "metrics.json"
 BOOTSTRAP_POLICY = (
-    "percentile bootstrap, real and synthetic sets each resampled with replacement at their own size;"
-    " k-NN metrics and KID keep one copy of each drawn point (duplicates would collapse k-NN radii);"
-    " FID bootstrap values are biased upwards (fewer distinct points), read the interval as spread"
+    f"subsampling without replacement: each replicate keeps {CI_FRACTION:g} of the real and of the synthetic"
+    f" images and recomputes the metric; interval value +/- z * se, se = s * sd(replicates), s = sqrt(f / (1 - f))"
+    f" = {(CI_FRACTION / (1 - CI_FRACTION)) ** 0.5:g} (finite-population correction: the delete-d jackknife"
+    " standard error), so it holds the value and targets its expectation at these image counts (KID: the"
+    " population value, its estimator is unbiased); fid.bias_corrected removes FID's 1/N bias to target the"
+    " population distance"
 )
+CI_TARGETS = {
+    "fid": "expected FID at these image counts (FID is biased upwards by ~1/N; bias_corrected targets the "
+           "population distance)",
+    "kid": "population KID (unbiased estimator)",
+    **{m: "expected value at these image counts (k-NN radii depend on N)" for m in PRDC_METRICS},
+}
 
 
 def _fid_value(a: np.ndarray, b: np.ndarray) -> float:
-    # through the images when they are fewer than the dimensions: bootstrap replicates of a small
+    # through the images when they are fewer than the dimensions: subsample replicates of a small
     # class in a 2048-d space cost an n x n SVD instead of two 2048 x 2048 eigenproblems each
     from synthmed.metrics.fid import frechet_distance_from_features
 
@@ -58,6 +74,9 @@ def _metric_entry(value, ci: dict | None = None, **extra) -> dict:
     entry = {"value": None if value is None else float(value), "ci_low": None, "ci_high": None}
     if ci is not None:
         entry.update(ci_low=ci["ci_low"], ci_high=ci["ci_high"], std=ci["std"], n_boot=ci["n_boot"])
+        for key in ("ci_method", "m_real", "m_synthetic"):
+            if key in ci:
+                entry[key] = ci[key]
         if ci.get("n_failed"):
             entry["n_boot_failed"] = ci["n_failed"]
     entry.update(extra)
@@ -71,14 +90,31 @@ def _feature_row(real_f: np.ndarray, fake_f: np.ndarray, metrics: tuple, *, k: i
     out, warnings = {}, []
     boot = n_boot > 0
 
+    def interval(fn, value, **options):
+        return subsample_ci(fn, real_f, fake_f, n_boot, alpha, seed, fraction=CI_FRACTION, point_estimate=value,
+                            **options)
+
     if "fid" in metrics:
         if n_r < 2 or n_s < 2:
             out["fid"] = _metric_entry(None)
             warnings.append(f"FID needs at least 2 images on each side ({n_r} real, {n_s} synthetic)")
         else:
             value = _fid_value(real_f, fake_f)
-            ci = bootstrap_ci(_fid_value, real_f, fake_f, n_boot, alpha, seed, point_estimate=value) if boot else None
-            out["fid"] = _metric_entry(value, ci)
+            ci, extra = None, {}
+            if boot:
+                ci = interval(_fid_value, value, bias_correction=True, lower_bound=0.0)
+                extra["ci_target"] = CI_TARGETS["fid"]
+                # the 1/N extrapolation holds only with enough images per dimension in every half-sample
+                half = min(ci["m_real"], ci["m_synthetic"])
+                if half >= BIAS_CORRECTION_MIN_PER_DIM * dim:
+                    extra["bias_corrected"] = {**ci["bias_corrected"], "target": "population Fréchet distance "
+                                               "(1/N bias removed by extrapolating from the half-samples)"}
+                else:
+                    extra["bias_corrected"] = {
+                        "value": None, "ci_low": None, "ci_high": None,
+                        "reason": f"needs {BIAS_CORRECTION_MIN_PER_DIM} x {dim} = {BIAS_CORRECTION_MIN_PER_DIM * dim} "
+                                  f"images in each subsample, has {half}: the bias is not linear in 1/N there"}
+            out["fid"] = _metric_entry(value, ci, **extra)
             if min(n_r, n_s) <= dim:
                 warnings.append(f"FID with fewer samples than feature dimensions ({n_r} real, {n_s} synthetic, "
                                 f"{dim}-d features): singular covariance, biased upwards; compare only at equal "
@@ -97,12 +133,11 @@ def _feature_row(real_f: np.ndarray, fake_f: np.ndarray, metrics: tuple, *, k: i
                 def kid_mean(a, b):
                     return kid(a, b, subset_size=KID_SUBSET_SIZE, n_subsets=KID_N_SUBSETS_PER_REPLICATE,
                                seed=seed)["mean"]
-                # distinct points: the unbiased MMD^2 estimator's expectation does not depend on the
-                # set size, so a without-replacement subsample keeps the interval centred
-                ci = bootstrap_ci(kid_mean, real_f, fake_f, n_boot, alpha, seed, distinct=True,
-                                  point_estimate=res["mean"])
+                # the unbiased MMD^2 estimator's expectation does not depend on the set size, so the
+                # interval targets the population KID
+                ci = interval(kid_mean, res["mean"])
             out["kid"] = _metric_entry(res["mean"], ci, subset_std=res["std"], subset_size=res["subset_size"],
-                                       n_subsets=res["n_subsets"])
+                                       n_subsets=res["n_subsets"], **({"ci_target": CI_TARGETS["kid"]} if ci else {}))
             warnings += [f"KID: {w}" for w in res.get("warnings", [])]
 
     wanted = [m for m in PRDC_METRICS if m in metrics]
@@ -116,19 +151,20 @@ def _feature_row(real_f: np.ndarray, fake_f: np.ndarray, metrics: tuple, *, k: i
             value = prdc(real_f, fake_f, k=k)
             cis = None
             if boot:
-                cis = bootstrap_ci(lambda a, b: prdc(a, b, k=k), real_f, fake_f, n_boot, alpha, seed,
-                                   distinct=True, point_estimate=value)
+                cis = interval(lambda a, b: prdc(a, b, k=k), value, lower_bound=0.0)
+                for m in ("precision", "recall", "f1", "coverage"):  # fractions; density is not capped
+                    cis[m]["ci_high"] = min(cis[m]["ci_high"], 1.0)
             for m in wanted:
-                out[m] = _metric_entry(value[m], None if cis is None else cis[m])
+                out[m] = _metric_entry(value[m], None if cis is None else cis[m],
+                                       **({"ci_target": CI_TARGETS[m]} if cis else {}))
 
     for m, e in out.items():
         low, high, v = e.get("ci_low"), e.get("ci_high"), e.get("value")
         bounded = v is not None and low is not None and high is not None and math.isfinite(low)
         if bounded and not low <= v <= high:
-            # typical for FID (its sample-size bias moves every replicate up); say so rather than
-            # let a reader take the interval as a range around the value
-            warnings.append(f"{m}: bootstrap interval [{low:.4g}, {high:.4g}] excludes the value {v:.4g}; the "
-                            f"estimator's sample-size bias dominates here, read the interval as spread only")
+            # cannot happen while the replicates' mean lies between their quantiles; say so if it ever does
+            warnings.append(f"{m}: interval [{low:.4g}, {high:.4g}] excludes the value {v:.4g} (too few or extreme "
+                            f"subsample values, n_boot={e.get('n_boot')}); raise --n-boot")
     return out, warnings
 
 
@@ -161,7 +197,7 @@ def evaluate(real: ImageDataset, synthetic: ImageDataset, extractor, *, metrics=
     (``"total"`` for all images), ``scope``, ``n_real``, ``n_synthetic``, ``metrics``
     (name -> value, ci_low, ci_high, ...) and ``warnings``. ``lpips=True`` adds LPIPS and
     raises :class:`~synthmed.metrics.similarity.MetricUnavailable` when its backbone weights
-    are missing. ``n_boot=0`` skips the bootstrap.
+    are missing. ``n_boot=0`` skips the intervals.
     """
     metrics = tuple(dict.fromkeys(tuple(metrics) + (("lpips",) if lpips else ())))
     unknown = [m for m in metrics if m not in KNOWN_METRICS]
@@ -207,7 +243,7 @@ def evaluate(real: ImageDataset, synthetic: ImageDataset, extractor, *, metrics=
         if min(n_r, n_s) < MIN_IMAGES_PER_CLASS:
             row["warnings"].append(f"only {n_r} real / {n_s} synthetic images: too few for a meaningful value")
         if feature_metrics:
-            # distinct bootstrap seeds per row so that rows do not share resampling noise
+            # distinct subsampling seeds per row so that rows do not share resampling noise
             vals, warns = _feature_row(real_f[r_sel], fake_f[s_sel], feature_metrics, k=k, n_boot=n_boot,
                                        alpha=alpha, seed=seed + 1000 * i)
             row["metrics"].update(vals)
@@ -234,6 +270,7 @@ def evaluate(real: ImageDataset, synthetic: ImageDataset, extractor, *, metrics=
         "n_boot": n_boot,
         "alpha": alpha,
         "bootstrap": BOOTSTRAP_POLICY if n_boot else "none",
+        "ci_method": subsampling_method(CI_FRACTION) if n_boot else "none",
         "seed": seed,
         "kid_subset_size": KID_SUBSET_SIZE if "kid" in metrics else None,
         "min_images_per_class": MIN_IMAGES_PER_CLASS,
@@ -244,6 +281,68 @@ def evaluate(real: ImageDataset, synthetic: ImageDataset, extractor, *, metrics=
         header["lpips_net"] = lpips_net
     all_warnings = header_warnings + [f"{r['class']}: {w}" for r in rows for w in r["warnings"]]
     return {"header": header, "rows": rows, "warnings": all_warnings}
+
+
+# ----------------------------------------------------------------------------- data card
+CARD_METRICS = ("fid", "kid", "precision", "recall")
+
+
+def _card_interval(e: dict | None) -> dict | None:
+    if not e:
+        return None
+    out = {key: e.get(key) for key in ("value", "ci_low", "ci_high") if key in e}
+    return {**out, **{key: e[key] for key in ("n", "real_accuracy") if key in e}}
+
+
+def card_summaries(result: dict, synthetic_fingerprint: str | None = None) -> tuple[dict | None, dict | None]:
+    """(evaluation summary, memorisation summary) of an evaluation result (``conditional_accuracy``,
+    ``evaluation``, ``memorisation`` as :func:`synthmed.pipeline.evaluate_synthetic` returns them)
+    for the set's data card: conditional accuracy overall and per class with the judge, the total
+    row's FID / KID / precision / recall with intervals, extractor and image counts, and the number
+    of flagged near-copies. Both name the fingerprint of the synthetic set they describe."""
+    ev, ca, audit = result.get("evaluation"), result.get("conditional_accuracy"), result.get("memorisation")
+    summary = None
+    if ev or ca:
+        header = (ev or {}).get("header") or {}
+        summary = {"evaluated_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+                   "synthmed_version": synthmed.__version__,
+                   "synthetic_fingerprint": (header.get("synthetic") or {}).get("fingerprint")
+                   or ((ca or {}).get("synthetic") or {}).get("fingerprint") or synthetic_fingerprint}
+        if ca:
+            acc = ca["accuracy"]
+            real = ca.get("real_test") or {}
+            summary["conditional_accuracy"] = {
+                "overall": {"value": acc["accuracy"], "ci_low": acc["ci95"][0], "ci_high": acc["ci95"][1]},
+                "n": acc["n"], "chance": ca["chance"],
+                "per_class": {c: {"value": e["accuracy"], "ci_low": e["ci95"][0], "ci_high": e["ci95"][1], "n": e["n"],
+                                  "real_accuracy": e.get("real_accuracy")} for c, e in ca["per_class"].items()},
+                "judge": {"arch": ca["judge"]["arch"], "trained_on_fingerprint": ca["judge"]["trained_on_fingerprint"],
+                          "n_train": ca["judge"]["n_train"], "real_test_accuracy": real.get("accuracy"),
+                          "real_test_n": real.get("n")},
+            }
+        if ev:
+            ex = header.get("extractor") or {}
+            summary["extractor"] = {key: ex.get(key) for key in ("name", "dim", "weights_hash", "input_policy",
+                                                                 "trained_on") if key in ex}
+            summary["real"] = {key: (header.get("real") or {}).get(key) for key in ("name", "num_images", "fingerprint")}
+            total = next((r for r in ev["rows"] if r["class"] == TOTAL), None)
+            if total:
+                metrics = {m: _card_interval(total["metrics"].get(m)) for m in CARD_METRICS if m in total["metrics"]}
+                bc = (total["metrics"].get("fid") or {}).get("bias_corrected")
+                if bc and bc.get("value") is not None:
+                    metrics["fid_bias_corrected"] = _card_interval(bc)
+                summary["distribution"] = {"n_real": total["n_real"], "n_synthetic": total["n_synthetic"],
+                                           "ci_method": header.get("ci_method"), "alpha": header.get("alpha"),
+                                           "metrics": metrics, "n_warnings": len(ev.get("warnings") or [])}
+    memorisation = None
+    if audit:
+        o = audit["overall"]
+        memorisation = {"n": o["n"], "n_flagged": o["n_flagged"], "fraction_flagged": o["fraction_flagged"],
+                        "n_exact_copies": o.get("n_exact_copies"), "rule": audit.get("rule"),
+                        "train_fingerprint": audit.get("train_fingerprint"),
+                        "per_class": {c: e["n_flagged"] for c, e in (audit.get("per_class") or {}).items()},
+                        "synthetic_fingerprint": (summary or {}).get("synthetic_fingerprint") or synthetic_fingerprint}
+    return _clean(summary), _clean(memorisation)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -290,7 +389,7 @@ def _fmt(v) -> str:
 
 
 def format_table(result: dict) -> str:
-    """Class x metric table: a value line per class and, beneath it, its bootstrap interval (or ± std)."""
+    """Class x metric table: a value line per class and, beneath it, its interval (or ± std)."""
     header = result["header"]
     metrics = header["metrics"]
     lines_in = []
@@ -317,7 +416,8 @@ def format_table(result: dict) -> str:
     rule = "-" * len(fmt_line(head))
     body = [fmt_line(head), rule] + [fmt_line(line) for line in lines_in]
     ex = header["extractor"]
-    ci = f"{int(round(100 * (1 - header.get('alpha', DEFAULT_ALPHA))))}% bootstrap CI (n_boot={header['n_boot']})"
+    ci = (f"{int(round(100 * (1 - header.get('alpha', DEFAULT_ALPHA))))}% CI, "
+          f"{header.get('ci_method', 'bootstrap')} (n_boot={header['n_boot']})")
     footer = (f"extractor {ex.get('name')} (dim {ex.get('dim')}, weights {ex.get('weights_hash') or '-'}) | "
               f"real '{header['real']['name']}' {header['real']['num_images']} images | "
               f"synthetic '{header['synthetic']['name']}' {header['synthetic']['num_images']} images | "

@@ -817,8 +817,10 @@ def _section_evaluation(ev: dict) -> str:
         ex_bits.append(_e(ex["input_policy"]))
     caption = (f"Features: {', '.join(ex_bits)}. Real: '{_e(real.get('name'))}' ({_num(real.get('num_images'))} images); "
                f"synthetic: {_num(syn.get('num_images'))} images. k = {_num(header.get('k'))} for the k-NN metrics; "
-               f"brackets: {int(round(100 * (1 - header.get('alpha', 0.05))))}% bootstrap intervals "
-               f"(n_boot = {_num(header.get('n_boot'))}). SSIM pairing: {_e(header.get('pairing_policy', '–'))}.")
+               f"brackets: {int(round(100 * (1 - header.get('alpha', 0.05))))}% intervals, "
+               f"{_e(header.get('ci_method', 'bootstrap'))} (n_boot = {_num(header.get('n_boot'))}; FID's interval is for "
+               f"the FID at these image counts, its bias-corrected value is in metrics.json). "
+               f"SSIM pairing: {_e(header.get('pairing_policy', '–'))}.")
     explain = ("<p>Lower FID/KID: synthetic features distributed more like real ones. <b>Precision</b>: fraction of "
                "synthetic images inside the real feature manifold (fidelity); <b>recall</b>: fraction of real images "
                "inside the synthetic manifold (diversity); density/coverage are their outlier-robust versions. "

@@ -209,7 +209,9 @@ def generate_until(generator, real: ImageDataset, extractor, n_per_class: int | 
         counts = np.where(active, np.minimum(np.maximum(want, 1), room), 0)
         round_seed = _round_seed(seed, r)
         syn = _sample(generator, counts, round_seed, guidance, progress)
-        gen_meta = gen_meta or {key: syn.meta[key] for key in ("generator", "train_fingerprint") if key in syn.meta}
+        gen_meta = gen_meta or {key: syn.meta[key] for key in ("generator", "train_fingerprint", "space", "sampler",
+                                                                 "steps", "guidance", "train_class_counts",
+                                                                 "train_steps", "generator_config") if key in syn.meta}
         scores = ref.scores(syn)
         passed = select(scores, threshold)
         all_scores.append(scores)
