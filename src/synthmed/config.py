@@ -91,7 +91,20 @@ class DiffusionConfig:
     dropout: float = 0.0
     num_train_timesteps: int = 1000
     schedule: str = "cosine"  # "linear" or "cosine"
-    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction"
+    #: "ddpm" (discrete timesteps, epsilon/v prediction) or "edm" (Karras et al. 2022 preconditioning)
+    formulation: str = "ddpm"
+    prediction_type: str = "epsilon"  # ddpm only: "epsilon" or "v_prediction"
+    #: ddpm only: "uniform" (plain MSE) or "min_snr" (Min-SNR-gamma weighting, Hang et al. 2023)
+    loss_weighting: str = "uniform"
+    #: gamma of min_snr: timesteps with SNR above it are down-weighted
+    min_snr_gamma: float = 5.0
+    #: edm only: standard deviation of the data (images in [-1, 1]) and the log-normal training sigmas
+    sigma_data: float = 0.5
+    edm_p_mean: float = -1.2
+    edm_p_std: float = 1.2
+    #: edm only: noise range of the sampler's Karras schedule
+    edm_sigma_min: float = 0.002
+    edm_sigma_max: float = 80.0
     #: probability of replacing the label with the null class during training (classifier-free guidance)
     cond_dropout: float = 0.1
     lr: float = 1e-3
@@ -443,7 +456,9 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
     DiffusionConfig: {
         "space": Choice(("pixel", "latent")), "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
         "dropout": FRACTION, "num_train_timesteps": AT_LEAST_1, "schedule": Choice(("linear", "cosine")),
-        "prediction_type": Choice(("epsilon", "v_prediction")), "cond_dropout": FRACTION, "lr": POSITIVE,
+        "prediction_type": Choice(("epsilon", "v_prediction")), "formulation": Choice(("ddpm", "edm")),
+        "loss_weighting": Choice(("uniform", "min_snr")), "min_snr_gamma": POSITIVE, "sigma_data": POSITIVE,
+        "edm_p_std": POSITIVE, "edm_sigma_min": POSITIVE, "edm_sigma_max": POSITIVE, "cond_dropout": FRACTION, "lr": POSITIVE,
         "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_1,
         "ema_decay": FRACTION, "hflip": PROBABILITY, "vflip": PROBABILITY,
         "sampler": Choice(("dpmsolver++", "ddim", "ddpm")), "sample_steps": AT_LEAST_1, "guidance": AT_LEAST_0,
