@@ -9,7 +9,8 @@ import torch
 from synthmed.config import AutoencoderConfig, DiffusionConfig
 from synthmed.data.dataset import ImageDataset
 from synthmed.generators.base import GeneratorError, counts_to_labels
-from synthmed.generators.diffusion import DiffusionGenerator, load_generator
+from synthmed.generators.diffusion import DiffusionGenerator
+from synthmed.generators.registry import load_generator
 from synthmed.runtime import bf16_supported
 
 

@@ -18,7 +18,6 @@ Why it is fast on a CPU (measured in ``benchmarks/train_throughput.py``):
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 import warnings
@@ -286,6 +285,29 @@ class DiffusionGenerator(Generator):
         }
         return ImageDataset.from_tensor(x, torch.from_numpy(labels), self.class_names, name="synthetic", meta=meta)
 
+    # ------------------------------------------------------------------ what callers may ask
+    @property
+    def sampling_defaults(self) -> dict:
+        return {"sampler": self.cfg.sampler, "steps": self.cfg.sample_steps, "guidance": self.cfg.guidance}
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.unet)
+
+    def describe(self) -> dict:
+        c = self.cfg
+        objective = (f"EDM preconditioning (sigma_data {c.sigma_data})" if c.formulation == "edm" else
+                     f"DDPM {c.prediction_type} ({c.schedule} schedule, {c.loss_weighting} loss weighting)")
+        h = self.history
+        return {
+            "kind": self.kind,
+            "summary": f"class-conditional {c.space}-space diffusion (diffusers UNet2DModel {c.block_out_channels}), "
+                       f"{objective}, classifier-free guidance",
+            "num_parameters": self.num_parameters, "settings": asdict(c), "sampling": self.sampling_defaults,
+            "train_fingerprint": self.train_fingerprint, "train_steps": self.step,
+            "train_seconds": h.get("train_seconds"), "images_per_second": h.get("images_per_second"),
+        }
+
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict:
         return {
@@ -356,14 +378,4 @@ class DiffusionGenerator(Generator):
         return g
 
 
-def load_generator(directory: str | os.PathLike, device: str | None = None) -> Generator:
-    """Open any saved generator by the ``kind`` recorded in its folder."""
-    d = Path(directory)
-    meta = d / "generator.json"
-    kind = json.loads(meta.read_text())["kind"] if meta.is_file() else "diffusion"
-    if kind == "diffusion":
-        return DiffusionGenerator.load(d, device=device)
-    raise GeneratorError(f"unknown generator kind '{kind}' in {meta}")
-
-
-__all__ = ["DiffusionGenerator", "load_generator"]
+__all__ = ["DiffusionGenerator"]
