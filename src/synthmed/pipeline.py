@@ -24,7 +24,7 @@ import synthmed
 from synthmed.config import RunConfig, save_config
 from synthmed.data.dataset import DataSplits, ImageDataset
 from synthmed.data.export import load_image_set, save_image_set
-from synthmed.generators.base import atomic_write_json
+from synthmed.files import atomic_write_json
 from synthmed.generators.base import Generator
 from synthmed.generators.registry import build_generator, load_generator
 # below these a number still gets computed, but the report says how little it means

@@ -1,4 +1,4 @@
-"""The interface every synthmed generator implements, and atomic checkpoint files.
+"""The interface every synthmed generator implements.
 
 A generator is trained on one training split and remembers that split's fingerprint in
 every checkpoint, so later steps (evaluation, downstream) can refuse to score it on the
@@ -7,9 +7,7 @@ images it was trained on.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -21,48 +19,6 @@ from synthmed.data.dataset import ImageDataset
 
 class GeneratorError(RuntimeError):
     """A generator was used wrongly (sampled before fit, unknown class, ...)."""
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a killed run never
-    leaves a half-written checkpoint behind."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj, path: str | os.PathLike) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def counts_to_labels(counts: Mapping[int, int] | Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:

@@ -31,13 +31,8 @@ import synthmed
 from synthmed.config import AutoencoderConfig, DiffusionConfig
 from synthmed.data.dataset import ImageDataset
 from synthmed.generators.autoencoder import LatentAutoencoder
-from synthmed.generators.base import (
-    Generator,
-    GeneratorError,
-    atomic_torch_save,
-    atomic_write_json,
-    counts_to_labels,
-)
+from synthmed.files import atomic_torch_save, atomic_write_json
+from synthmed.generators.base import Generator, GeneratorError, counts_to_labels
 from synthmed.generators.formulation import build_formulation
 from synthmed.generators.networks import build_unet, count_parameters
 from synthmed.runtime import bf16_supported
