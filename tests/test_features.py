@@ -182,3 +182,35 @@ def test_torchscript_extractor(tmp_path):
     assert ext.describe()["image_size"] == 20
     with pytest.raises(FeatureExtractorError, match="not found"):
         get_extractor(f"torchscript:{tmp_path / 'nope.pt'}")
+
+
+def test_features_of_the_same_images_are_computed_once():
+    from toydata import toy
+
+    from synthmed.features.base import FeatureExtractor
+
+    class Counting(FeatureExtractor):
+        name, dim = "counting", 2
+
+        def __init__(self):
+            self.calls = 0
+
+        def _extract_batch(self, images):
+            self.calls += 1
+            flat = images.reshape(len(images), -1).astype(np.float64)
+            return np.stack([flat.mean(1), flat.std(1)], axis=1)
+
+    ex, ds = Counting(), toy(5, seed=0)
+    a = ex.extract(ds, batch_size=100)
+    a[:] = -1  # the caller's array is its own: the memo is not changed through it
+    b = ex.extract(ds.subset(np.arange(len(ds))), batch_size=100)  # same pixels, same order, another object
+    assert ex.calls == 1 and (b != -1).all()
+    reordered = ds.subset(np.arange(len(ds))[::-1])
+    c = ex.extract(reordered, batch_size=100)
+    assert ex.calls == 2
+    np.testing.assert_array_equal(c, b[::-1])
+    ex.memo_size = 0
+    ex._memo.clear()
+    ex.extract(ds, batch_size=100)
+    ex.extract(ds, batch_size=100)
+    assert ex.calls == 4

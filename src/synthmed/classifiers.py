@@ -202,7 +202,7 @@ class TrainedClassifier:
         return self._batched(ds, self.model.features, batch_size)
 
     def save(self, path: str | Path) -> Path:
-        from synthmed.generators.base import atomic_torch_save
+        from synthmed.files import atomic_torch_save
 
         atomic_torch_save({
             "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},

@@ -217,7 +217,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out) if args.out else _default_out(args.synthetic, "evaluation")
     result = pipeline.evaluate_synthetic(splits, synthetic, ev, judge, extractor, out, seed=cfg.seed,
                                          quiet=args.quiet)
-    from synthmed.generators.base import atomic_write_json
+    from synthmed.files import atomic_write_json
 
     atomic_write_json({k: v for k, v in result.items() if k != "evaluation"}, out / "evaluation" / "judge_and_audit.json")
     card = pipeline.record_evaluation_in_card(pipeline.synthetic_set_folder(args.synthetic), synthetic, result)
@@ -237,7 +237,7 @@ def _default_out(source: str, what: str) -> Path:
 def cmd_filter(args) -> int:
     from synthmed import pipeline
     from synthmed.data.export import align_classes, save_image_set
-    from synthmed.generators.base import atomic_write_json
+    from synthmed.files import atomic_write_json
     from synthmed.runtime import resolve_device, set_threads
     from synthmed.selection.filter import filter_synthetic, generate_until
 

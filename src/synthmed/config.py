@@ -83,6 +83,8 @@ class AutoencoderConfig:
 class DiffusionConfig:
     """Class-conditional diffusion on diffusers' UNet2DModel (pixel or latent space)."""
 
+    #: generator kind (synthmed.generators.registry); each kind has its own config class
+    kind: str = "diffusion"
     space: str = "pixel"  # "pixel" or "latent"
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
@@ -91,7 +93,20 @@ class DiffusionConfig:
     dropout: float = 0.0
     num_train_timesteps: int = 1000
     schedule: str = "cosine"  # "linear" or "cosine"
-    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction"
+    #: "ddpm" (discrete timesteps, epsilon/v prediction) or "edm" (Karras et al. 2022 preconditioning)
+    formulation: str = "ddpm"
+    prediction_type: str = "epsilon"  # ddpm only: "epsilon" or "v_prediction"
+    #: ddpm only: "uniform" (plain MSE) or "min_snr" (Min-SNR-gamma weighting, Hang et al. 2023)
+    loss_weighting: str = "uniform"
+    #: gamma of min_snr: timesteps with SNR above it are down-weighted
+    min_snr_gamma: float = 5.0
+    #: edm only: standard deviation of the data (images in [-1, 1]) and the log-normal training sigmas
+    sigma_data: float = 0.5
+    edm_p_mean: float = -1.2
+    edm_p_std: float = 1.2
+    #: edm only: noise range of the sampler's Karras schedule
+    edm_sigma_min: float = 0.002
+    edm_sigma_max: float = 80.0
     #: probability of replacing the label with the null class during training (classifier-free guidance)
     cond_dropout: float = 0.1
     lr: float = 1e-3
@@ -111,6 +126,10 @@ class DiffusionConfig:
     checkpoint_every: int = 500
     log_every: int = 25
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+
+
+#: config class of every generator kind: `generator.kind` picks which one `generator:` is read as
+GENERATOR_CONFIGS: dict[str, type] = {"diffusion": DiffusionConfig}
 
 
 @dataclass
@@ -228,6 +247,19 @@ def to_dict(cfg) -> dict:
     return asdict(cfg)
 
 
+def generator_config_class(values) -> type:
+    """The config class of the generator kind that ``values`` (the `generator:` mapping) names."""
+    kind = values.get("kind", "diffusion") if isinstance(values, dict) else "diffusion"
+    if not isinstance(kind, str):
+        raise ConfigError(f"generator.kind = {kind!r}: expected text (str), e.g. 'diffusion'")
+    if kind not in GENERATOR_CONFIGS:
+        close = difflib.get_close_matches(str(kind), list(GENERATOR_CONFIGS), n=1)
+        raise ConfigError(f"generator.kind = {kind!r}: unknown generator kind"
+                          f"{f' (did you mean {close[0]!r}?)' if close else ''}; choose one of "
+                          f"{sorted(GENERATOR_CONFIGS)}")
+    return GENERATOR_CONFIGS[kind]
+
+
 def _build(cls, values: dict[str, Any], where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
@@ -242,6 +274,8 @@ def _build(cls, values: dict[str, Any], where: str):
                 f"{f' (did you mean {close[0]!r}?)' if close else ''}; known keys: {', '.join(sorted(known))}"
             )
         typ = hints[key]
+        if cls is RunConfig and key == "generator":
+            typ = generator_config_class(val)
         if is_dataclass(typ):
             kwargs[key] = _build(typ, val or {}, f"{where}.{key}" if where else key)
         else:
@@ -441,9 +475,11 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
     AutoencoderConfig: {"latent_channels": AT_LEAST_1, "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
                         "kl_weight": AT_LEAST_0, "lr": POSITIVE, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_0},
     DiffusionConfig: {
-        "space": Choice(("pixel", "latent")), "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
+        "kind": Choice(("diffusion",)), "space": Choice(("pixel", "latent")), "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
         "dropout": FRACTION, "num_train_timesteps": AT_LEAST_1, "schedule": Choice(("linear", "cosine")),
-        "prediction_type": Choice(("epsilon", "v_prediction")), "cond_dropout": FRACTION, "lr": POSITIVE,
+        "prediction_type": Choice(("epsilon", "v_prediction")), "formulation": Choice(("ddpm", "edm")),
+        "loss_weighting": Choice(("uniform", "min_snr")), "min_snr_gamma": POSITIVE, "sigma_data": POSITIVE,
+        "edm_p_std": POSITIVE, "edm_sigma_min": POSITIVE, "edm_sigma_max": POSITIVE, "cond_dropout": FRACTION, "lr": POSITIVE,
         "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_1,
         "ema_decay": FRACTION, "hflip": PROBABILITY, "vflip": PROBABILITY,
         "sampler": Choice(("dpmsolver++", "ddim", "ddpm")), "sample_steps": AT_LEAST_1, "guidance": AT_LEAST_0,
@@ -535,11 +571,18 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
     preset = preset or file_values.get("preset")
     values = asdict(RunConfig())
+    layers = [preset_dict(preset) if preset else {}, file_values, overrides or {}]
     if preset:
-        values = merge(values, preset_dict(preset))
         values["preset"] = preset
-    values = merge(values, file_values)
-    values = merge(values, overrides or {})
+    for layer in layers:
+        values = merge(values, layer)
+    # `generator:` holds the settings of one kind: its defaults are that kind's, not diffusion's
+    generator = {}
+    for layer in layers:
+        if isinstance(layer.get("generator"), dict):
+            generator = merge(generator, layer["generator"])
+    if isinstance(values.get("generator"), dict):
+        values["generator"] = merge(asdict(generator_config_class(generator)()), generator)
     return from_dict(values)
 
 
@@ -569,6 +612,9 @@ def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
     if data.imbalance_ratio < 1 and data.minority_class is None:
         raise ConfigError(f"data.imbalance_ratio = {data.imbalance_ratio} needs data.minority_class (the class to "
                           "shrink); set it, or set imbalance_ratio: 1.0")
+    if g.formulation == "edm" and g.edm_sigma_min >= g.edm_sigma_max:
+        raise ConfigError(f"generator.edm_sigma_min = {g.edm_sigma_min} must be below generator.edm_sigma_max "
+                          f"({g.edm_sigma_max})")
     if g.sample_steps > g.num_train_timesteps:
         raise ConfigError(f"generator.sample_steps = {g.sample_steps}: must be at most generator.num_train_timesteps "
                           f"({g.num_train_timesteps})")

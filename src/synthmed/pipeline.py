@@ -24,8 +24,9 @@ import synthmed
 from synthmed.config import RunConfig, save_config
 from synthmed.data.dataset import DataSplits, ImageDataset
 from synthmed.data.export import load_image_set, save_image_set
-from synthmed.generators.base import atomic_write_json
-from synthmed.generators.diffusion import DiffusionGenerator, load_generator
+from synthmed.files import atomic_write_json
+from synthmed.generators.base import Generator
+from synthmed.generators.registry import build_generator, load_generator
 # below these a number still gets computed, but the report says how little it means
 from synthmed.report.verdict import MIN_TEST_PER_CLASS, MIN_TRAIN_PER_CLASS, run_verdict, run_warnings
 from synthmed.runtime import resolve_device, seed_everything, set_threads
@@ -105,11 +106,11 @@ def step_data(cfg: RunConfig, out: Path, *, download: bool = False, quiet: bool 
 
 
 def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, resume: bool = True,
-               quiet: bool = False) -> DiffusionGenerator:
+               quiet: bool = False) -> Generator:
     train = splits.train
-    gen = DiffusionGenerator(cfg.generator, image_size=train.image_size, channels=train.channels,
-                             class_names=train.class_names, device=device, seed=cfg.seed)
-    _log(f"train: {cfg.generator.space}-space diffusion, {sum(p.numel() for p in gen.unet.parameters()):,} parameters, "
+    gen = build_generator(cfg.generator, image_size=train.image_size, channels=train.channels,
+                          class_names=train.class_names, device=device, seed=cfg.seed)
+    _log(f"train: {gen.describe()['summary']}, {gen.num_parameters:,} parameters, "
          f"{cfg.generator.train_steps} steps of batch {cfg.generator.batch_size} on {device}", quiet)
     hist = gen.fit(train, splits.val, resume=resume, checkpoint_dir=out / "checkpoints", progress=not quiet)
     gen.save(out / "generator")
@@ -178,8 +179,7 @@ def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, c
     kept, report = generate_until(gen, splits.train, extractor, counts, mode=sel.mode, threshold=sel.threshold,
                                   k=sel.k, budget_factor=sel.budget_factor, seed=cfg.seed + 1 if seed is None else seed,
                                   held_out=splits.val, progress=not quiet)
-    kept.meta.update({"generator": gen.kind, "space": gen.cfg.space, "sampler": gen.cfg.sampler,
-                      "steps": gen.cfg.sample_steps, "guidance": gen.cfg.guidance,
+    kept.meta.update({"generator": gen.kind, **gen.sampling_defaults,
                       "train_fingerprint": gen.train_fingerprint, "seconds": time.time() - t0,
                       "images_per_second": report.get("generated_total", len(kept)) / max(time.time() - t0, 1e-9),
                       "selection": {"mode": sel.mode, "threshold": sel.threshold, "k": sel.k}})
@@ -322,8 +322,8 @@ def step_downstream_experiment(cfg: RunConfig, out: Path, splits: DataSplits, de
         key = "shared" if d.reuse_generator else f"repeat{i}"
         if key not in shared:
             folder = exp_dir / "generators" / key
-            gen = DiffusionGenerator(cfg.generator, image_size=source.image_size, channels=source.channels,
-                                     class_names=source.class_names, device=device, seed=cfg.seed + i)
+            gen = build_generator(cfg.generator, image_size=source.image_size, channels=source.channels,
+                                  class_names=source.class_names, device=device, seed=cfg.seed + i)
             _log(f"downstream: training the generator for {key} on {len(source)} real images", quiet)
             gen.fit(source, splits.val, checkpoint_dir=folder, progress=not quiet)
             gen.save(folder)
@@ -449,7 +449,8 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
     g = metrics.get("generator")
     if g:
         view["generator"] = {
-            "kind": "class-conditional diffusion (diffusers UNet2DModel)", "space": g.get("space"),
+            # runs before the generator registry recorded no summary: they were all diffusion
+            "kind": g.get("summary") or "class-conditional diffusion (diffusers UNet2DModel)", "space": g.get("space"),
             "num_parameters": g.get("num_parameters"), "train_steps": g.get("train_steps"),
             "train_seconds": g.get("train_seconds"), "images_per_second": g.get("images_per_second"),
             "loss_curve": g.get("loss_curve"), "train_fingerprint": g.get("train_fingerprint"),
@@ -553,10 +554,8 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
     h = gen.history
     metrics = {
         "generator": {
-            "space": cfg.generator.space, "num_parameters": h["num_parameters"], "train_steps": h["train_steps"],
-            "train_seconds": h["train_seconds"], "images_per_second": h["images_per_second"],
-            "loss_curve": h["loss_curve"], "train_fingerprint": gen.train_fingerprint,
-            "precision": h["precision"], "frozen_parameters": h.get("frozen_parameters", []),
+            **gen.describe(), "space": getattr(cfg.generator, "space", None), "loss_curve": h["loss_curve"],
+            "precision": h.get("precision"), "frozen_parameters": h.get("frozen_parameters", []),
             "autoencoder": h.get("autoencoder"),
         },
         "sampling": {

@@ -37,7 +37,7 @@ from synthmed.downstream.protocols import (NotEnoughSyntheticError, ProtocolOpti
                                            uses_synthetic)
 from synthmed.downstream.quick import LeakageError, check_no_leakage
 from synthmed.downstream.stats import mean_std, paired_difference
-from synthmed.generators.base import atomic_write_text
+from synthmed.files import atomic_write_text, json_default
 
 FILTERS = ("none", "global", "class")
 REFERENCES = ("baseline", "traditional")
@@ -53,13 +53,10 @@ Repeat = tuple[str | int, ImageDataset, int]
 
 
 def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)  # provenance only (paths, enums in a filter report): readable beats failing
+    try:
+        return json_default(o)
+    except TypeError:
+        return str(o)  # provenance only (enums in a filter report): readable beats failing
 
 
 def _write_json(obj, path: Path) -> None:

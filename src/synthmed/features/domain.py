@@ -25,7 +25,7 @@ import numpy as np
 from synthmed.classifiers import TrainedClassifier, train_classifier
 from synthmed.config import ClassifierConfig
 from synthmed.data.dataset import ImageDataset
-from synthmed.features.registry import (DEFAULT_BATCH_SIZE, FeatureExtractor, FeatureExtractorError,
+from synthmed.features.base import (DEFAULT_BATCH_SIZE, FeatureExtractor, FeatureExtractorError,
                                         default_cache_dir, file_sha256, state_dict_sha256)
 
 log = logging.getLogger(__name__)

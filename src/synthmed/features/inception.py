@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from synthmed.features.registry import (FeatureExtractor, FeatureExtractorError, file_sha256, state_dict_sha256,
+from synthmed.features.base import (FeatureExtractor, FeatureExtractorError, file_sha256, state_dict_sha256,
                                         uint8_nchw_rgb)
 
 FEATURE_LAYER = "2048"

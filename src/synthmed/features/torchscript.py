@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthmed.features.registry import FeatureExtractor, FeatureExtractorError, file_sha256, uint8_nchw_rgb
+from synthmed.features.base import FeatureExtractor, FeatureExtractorError, file_sha256, uint8_nchw_rgb
 
 
 class TorchScriptExtractor(FeatureExtractor):

@@ -1,4 +1,4 @@
-"""The interface every synthmed generator implements, and atomic checkpoint files.
+"""The interface every synthmed generator implements.
 
 A generator is trained on one training split and remembers that split's fingerprint in
 every checkpoint, so later steps (evaluation, downstream) can refuse to score it on the
@@ -7,9 +7,7 @@ images it was trained on.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -21,48 +19,6 @@ from synthmed.data.dataset import ImageDataset
 
 class GeneratorError(RuntimeError):
     """A generator was used wrongly (sampled before fit, unknown class, ...)."""
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a killed run never
-    leaves a half-written checkpoint behind."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj, path: str | os.PathLike) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def counts_to_labels(counts: Mapping[int, int] | Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
@@ -91,30 +47,60 @@ def counts_to_labels(counts: Mapping[int, int] | Sequence[int] | np.ndarray, num
 
 
 class Generator(ABC):
-    """fit on a training split, sample per class, save/load, resume."""
+    """What every generator kind offers its callers (pipeline, selection, downstream, report):
+    fit on a training split only, sample per class, save / load / resume, and describe itself.
+
+    Callers use this interface alone, never a kind's internals (networks, configs), so a new kind
+    plugs in by registering in :mod:`synthmed.generators.registry`.
+    """
 
     #: registry name, e.g. "diffusion"
     kind: str = "generator"
 
-    @abstractmethod
-    def fit(self, train: ImageDataset, val: ImageDataset | None = None, *, resume: bool = True) -> dict:
-        """Train on ``train`` only (``val`` may be used for monitoring, never for fitting).
-        Returns a history dict (loss curve, timings)."""
+    # Provenance every generator carries (set by fit, saved by save).
+    train_fingerprint: str | None = None
+    train_image_hashes: set[str] | None = None
+    class_names: list[str] | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    #: training history: at least ``loss_curve`` ([step, loss] pairs) and ``train_seconds``
+    history: dict
 
     @abstractmethod
-    def sample(self, counts, *, guidance: float | None = None, seed: int = 0, batch_size: int | None = None) -> ImageDataset:
-        """Generate images. ``counts``: {class: n}, per-class list, or labels (see counts_to_labels)."""
+    def fit(self, train: ImageDataset, val: ImageDataset | None = None, *, resume: bool = True,
+            checkpoint_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+        """Train on ``train`` only (``val`` may be used for monitoring, never for fitting). With
+        ``checkpoint_dir`` write resumable checkpoints there and, with ``resume``, continue from the
+        last one (refusing one made on other data). Returns the history dict."""
+
+    @abstractmethod
+    def sample(self, counts, *, guidance: float | None = None, seed: int = 0, batch_size: int | None = None,
+               sampler: str | None = None, steps: int | None = None, progress: bool = True) -> ImageDataset:
+        """Generate images flagged synthetic. ``counts``: {class: n}, per-class list, or labels (see
+        counts_to_labels). ``sampler``/``steps``/``guidance`` default to :attr:`sampling_defaults`;
+        the same ``seed`` gives the same images. ``meta`` records the settings used."""
 
     @abstractmethod
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write a self-describing checkpoint folder (config + weights + provenance)."""
+        """Write a self-describing folder (``generator.json`` with ``kind``, weights, provenance)."""
 
     @classmethod
     @abstractmethod
     def load(cls, directory: str | os.PathLike, device: str | None = None) -> "Generator":
         """Rebuild a generator saved by :meth:`save`."""
 
-    # Provenance every generator carries (set by fit, saved by save).
-    train_fingerprint: str | None = None
-    train_image_hashes: set[str] | None = None
-    class_names: list[str] | None = None
+    @property
+    @abstractmethod
+    def sampling_defaults(self) -> dict:
+        """``{"sampler", "steps", "guidance"}`` that :meth:`sample` uses when not told otherwise."""
+
+    @property
+    @abstractmethod
+    def num_parameters(self) -> int:
+        """Trainable parameters of the sampling network(s)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """What the report and data cards say about this generator: ``kind``, a one-line ``summary``,
+        ``num_parameters``, ``settings`` (its config), ``sampling`` defaults, ``train_fingerprint``,
+        ``train_steps``, ``train_seconds``, ``images_per_second``."""

@@ -18,7 +18,6 @@ Why it is fast on a CPU (measured in ``benchmarks/train_throughput.py``):
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 import warnings
@@ -26,20 +25,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import synthmed
 from synthmed.config import AutoencoderConfig, DiffusionConfig
 from synthmed.data.dataset import ImageDataset
 from synthmed.generators.autoencoder import LatentAutoencoder
-from synthmed.generators.base import (
-    Generator,
-    GeneratorError,
-    atomic_torch_save,
-    atomic_write_json,
-    counts_to_labels,
-)
+from synthmed.files import atomic_torch_save, atomic_write_json
+from synthmed.generators.base import Generator, GeneratorError, counts_to_labels
+from synthmed.generators.formulation import build_formulation
 from synthmed.generators.networks import build_unet, count_parameters
 from synthmed.runtime import bf16_supported
 
@@ -73,6 +67,7 @@ class DiffusionGenerator(Generator):
             self.model_shape = (channels, image_size, image_size)
         torch.manual_seed(seed)
         self.unet = build_unet(cfg, self.model_shape[1], self.model_shape[0], self.num_classes).to(device)
+        self.formulation = build_formulation(cfg, device)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
         self.step = 0
         self.history: dict = {"loss_curve": [], "train_seconds": 0.0}
@@ -83,33 +78,14 @@ class DiffusionGenerator(Generator):
         self._rng_state = None
 
     # ------------------------------------------------------------------ schedules
-    def noise_scheduler(self):
-        from diffusers import DDPMScheduler
-
-        return DDPMScheduler(
-            num_train_timesteps=self.cfg.num_train_timesteps,
-            beta_schedule="squaredcos_cap_v2" if self.cfg.schedule == "cosine" else "linear",
-            prediction_type=self.cfg.prediction_type,
-            clip_sample=False,
-        )
-
     def sampling_scheduler(self, sampler: str | None = None):
-        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
         sampler = sampler or self.cfg.sampler
-        base = self.noise_scheduler().config
-        # "leading" spacing starts a few steps below T. At t = T - 1 the cosine schedule's alpha_bar is
-        # ~2e-9, and the data prediction x0 = (x - sqrt(1 - a) eps) / sqrt(a) multiplies the network's
-        # error by ~2e4: measured on the demo, DPM-Solver++ from t = 999 gave saturated noise
-        # (conditional accuracy at chance), from the leading grid 0.81.
-        if sampler == "dpmsolver++":
-            return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2,
-                                                           timestep_spacing="leading")
-        if sampler == "ddim":
-            return DDIMScheduler.from_config(base, timestep_spacing="leading")
-        if sampler == "ddpm":
-            return DDPMScheduler.from_config(base, timestep_spacing="leading")
-        raise GeneratorError(f"unknown sampler '{sampler}'; choose dpmsolver++, ddim or ddpm")
+        if sampler not in ("dpmsolver++", "ddim", "ddpm"):
+            raise GeneratorError(f"unknown sampler '{sampler}'; choose dpmsolver++, ddim or ddpm")
+        return self.formulation.sampling_scheduler(sampler)
+
+    def _net(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, class_labels=y).sample
 
     # ------------------------------------------------------------------ training
     def _training_tensors(self, train: ImageDataset, val: ImageDataset | None, progress: bool):
@@ -168,8 +144,6 @@ class DiffusionGenerator(Generator):
             data = data.to(dev)
         labels = labels.to(dev)
         n = len(labels)
-        sched = self.noise_scheduler()
-        alphas = sched.alphas_cumprod.to(dev)
         opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
         if self._opt_state is not None:
@@ -203,14 +177,8 @@ class DiffusionGenerator(Generator):
                 x0 = data[v, idx].to(dev)
             drop = (torch.rand(bs, generator=gen) < cfg.cond_dropout).to(dev)
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-            noise = torch.randn(x0.shape, generator=gen).to(dev)
-            t = torch.randint(0, cfg.num_train_timesteps, (bs,), generator=gen).to(dev)
-            a = alphas[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            target = noise if cfg.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                pred = self.unet(xt, t, class_labels=y).sample
-            loss = F.mse_loss(pred.float(), target)
+                loss = self.formulation.loss(self._net, x0, y, gen)
             if not torch.isfinite(loss):
                 raise GeneratorError(
                     f"loss became {loss.item()} at step {self.step}; lower generator.lr (now {cfg.lr}) "
@@ -317,6 +285,29 @@ class DiffusionGenerator(Generator):
         }
         return ImageDataset.from_tensor(x, torch.from_numpy(labels), self.class_names, name="synthetic", meta=meta)
 
+    # ------------------------------------------------------------------ what callers may ask
+    @property
+    def sampling_defaults(self) -> dict:
+        return {"sampler": self.cfg.sampler, "steps": self.cfg.sample_steps, "guidance": self.cfg.guidance}
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.unet)
+
+    def describe(self) -> dict:
+        c = self.cfg
+        objective = (f"EDM preconditioning (sigma_data {c.sigma_data})" if c.formulation == "edm" else
+                     f"DDPM {c.prediction_type} ({c.schedule} schedule, {c.loss_weighting} loss weighting)")
+        h = self.history
+        return {
+            "kind": self.kind,
+            "summary": f"class-conditional {c.space}-space diffusion (diffusers UNet2DModel {c.block_out_channels}), "
+                       f"{objective}, classifier-free guidance",
+            "num_parameters": self.num_parameters, "settings": asdict(c), "sampling": self.sampling_defaults,
+            "train_fingerprint": self.train_fingerprint, "train_steps": self.step,
+            "train_seconds": h.get("train_seconds"), "images_per_second": h.get("images_per_second"),
+        }
+
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict:
         return {
@@ -387,14 +378,4 @@ class DiffusionGenerator(Generator):
         return g
 
 
-def load_generator(directory: str | os.PathLike, device: str | None = None) -> Generator:
-    """Open any saved generator by the ``kind`` recorded in its folder."""
-    d = Path(directory)
-    meta = d / "generator.json"
-    kind = json.loads(meta.read_text())["kind"] if meta.is_file() else "diffusion"
-    if kind == "diffusion":
-        return DiffusionGenerator.load(d, device=device)
-    raise GeneratorError(f"unknown generator kind '{kind}' in {meta}")
-
-
-__all__ = ["DiffusionGenerator", "load_generator"]
+__all__ = ["DiffusionGenerator"]

@@ -1,0 +1,107 @@
+"""The contract every registered generator kind keeps, whatever its network: fit on tiny data, sample
+the asked shapes and labels, save / load, same seed same images, resume continues exactly, and its
+images refuse to be scored on the generator's own training split.
+
+A new kind registers itself in synthmed.generators.registry and adds a tiny config to TINY below
+(the first test fails until it does).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from toydata import toy
+
+from synthmed.config import DiffusionConfig
+from synthmed.data.dataset import DataSplits
+from synthmed.downstream.quick import LeakageError, check_no_leakage
+from synthmed.generators.base import Generator, GeneratorError
+from synthmed.generators.registry import build_generator, generator_kinds, load_generator
+
+#: a config per kind that trains in a second or two on 8x8 images; ``steps`` is its training budget key
+TINY = {
+    "diffusion": (lambda steps: DiffusionConfig(block_out_channels=[16, 16], layers_per_block=1, lr=2e-3,
+                                                warmup_steps=2, batch_size=8, train_steps=steps, log_every=2,
+                                                sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
+    "diffusion-edm": (lambda steps: DiffusionConfig(formulation="edm", block_out_channels=[16, 16], lr=2e-3,
+                                                    warmup_steps=2, batch_size=8, train_steps=steps, log_every=2,
+                                                    sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
+}
+CASES = sorted(TINY)
+
+
+def make(case: str, train, steps: int = 8, seed: int = 0) -> Generator:
+    cfg = TINY[case][0](steps)
+    return build_generator(cfg, image_size=train.image_size, channels=train.channels, class_names=train.class_names,
+                           seed=seed)
+
+
+def test_every_registered_kind_has_a_tiny_config():
+    assert set(generator_kinds()) <= {case.split("-")[0] for case in TINY}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fit_sample_shapes_labels_and_provenance(case):
+    train = toy(6, seed=0)
+    gen = make(case, train)
+    with pytest.raises(GeneratorError):
+        gen.sample([1, 1, 1], progress=False)  # before fit
+    hist = gen.fit(train, progress=False)
+    assert hist["loss_curve"] and hist["train_seconds"] >= 0
+    syn = gen.sample({0: 2, 2: 3}, seed=1, progress=False)
+    assert syn.images.shape == (5, 8, 8, 1) and syn.images.dtype == np.uint8
+    assert syn.labels.tolist() == [0, 0, 2, 2, 2]
+    assert syn.synthetic and syn.class_names == train.class_names
+    assert syn.meta["train_fingerprint"] == train.fingerprint() == gen.train_fingerprint
+    assert syn.meta["generator"] == gen.kind
+    for key, value in gen.sampling_defaults.items():
+        assert syn.meta[key] == value
+    d = gen.describe()
+    assert d["kind"] == gen.kind and d["num_parameters"] == gen.num_parameters > 0 and d["summary"]
+    assert d["train_fingerprint"] == train.fingerprint()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_save_load_and_same_seed_same_images(case, tmp_path):
+    train = toy(6, seed=0)
+    gen = make(case, train)
+    gen.fit(train, progress=False)
+    a = gen.sample([2, 2, 2], seed=5, progress=False)
+    gen.save(tmp_path / "g")
+    back = load_generator(tmp_path / "g")
+    assert type(back) is type(gen) and back.train_fingerprint == gen.train_fingerprint
+    np.testing.assert_array_equal(back.sample([2, 2, 2], seed=5, progress=False).images, a.images)
+    other = gen.sample([2, 2, 2], seed=6, progress=False)
+    assert not np.array_equal(other.images, a.images)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resume_continues_exactly_where_it_stopped(case, tmp_path):
+    train = toy(6, seed=0)
+    whole = make(case, train, steps=8)
+    whole.fit(train, progress=False)
+    half = make(case, train, steps=4)
+    half.fit(train, checkpoint_dir=tmp_path / "ck", progress=False)
+    resumed = make(case, train, steps=8)
+    resumed.fit(train, checkpoint_dir=tmp_path / "ck", resume=True, progress=False)
+    assert resumed.describe()["train_steps"] == 8
+    np.testing.assert_array_equal(resumed.sample([2, 2, 2], seed=3, progress=False).images,
+                                  whole.sample([2, 2, 2], seed=3, progress=False).images)
+    # a checkpoint of other data is refused, not continued
+    with pytest.raises(GeneratorError, match="trained on data"):
+        make(case, train, steps=8).fit(toy(6, seed=9), checkpoint_dir=tmp_path / "ck", progress=False)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_refuses_synthetic_training_data_and_scoring_on_its_training_split(case):
+    train = toy(6, seed=0)
+    gen = make(case, train)
+    with pytest.raises(GeneratorError, match="synthetic"):
+        gen.fit(toy(6, seed=0, synthetic=True), progress=False)
+    gen.fit(train, progress=False)
+    syn = gen.sample([2, 2, 2], seed=0, progress=False)
+    # the generator's training images cast as the test split: its images must not be scored there
+    leaky = DataSplits(train=toy(6, seed=1), val=toy(4, seed=2), test=train)
+    with pytest.raises(LeakageError, match="test split"):
+        check_no_leakage(leaky, syn, gen.train_fingerprint)
+    check_no_leakage(DataSplits(train=train, val=toy(4, seed=2), test=toy(4, seed=3)), syn, gen.train_fingerprint)
