@@ -17,13 +17,13 @@ is written as ``"unknown"``, never guessed.
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 import synthmed
+from synthmed.files import atomic_write_text
 
 CARD_JSON = "card.json"
 CARD_MD = "card.md"
@@ -266,17 +266,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _json_safe(obj):
     """Strict JSON: NaN / inf become null, numpy scalars Python ones (via ``default=str`` otherwise)."""
     if isinstance(obj, dict):
@@ -293,8 +282,8 @@ def _json_safe(obj):
 def _write(folder: Path, card: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     card = _json_safe(card)
-    _atomic_write_text(folder / CARD_JSON, json.dumps(card, indent=2, default=str, allow_nan=False) + "\n")
-    _atomic_write_text(folder / CARD_MD, render_card_md(card))
+    atomic_write_text(json.dumps(card, indent=2, default=str, allow_nan=False) + "\n", folder / CARD_JSON)
+    atomic_write_text(render_card_md(card), folder / CARD_MD)
 
 
 __all__ = ["CARD_JSON", "CARD_MD", "INTENDED_USE", "KNOWN_LIMITS", "build_card", "describe_set", "read_data_card",
