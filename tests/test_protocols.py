@@ -62,6 +62,13 @@ def test_mix_adds_ratio_times_real_per_class(ratio, syn):
     check(plan, 0, REAL_COUNTS, syn)
 
 
+def test_mix_traditional_is_mix_with_the_traditional_augmentation():
+    opts = ProtocolOptions(synthetic_ratio=1.0, augmentations=("flip", "jitter"))
+    plan = build_plan("mix-traditional", REAL, SYN, opts)
+    check(plan, 0, REAL_COUNTS, [10, 6, 3], augment=("flip", "jitter"))
+    assert build_plan("mix", REAL, SYN, opts).stages[0][1] == ()
+
+
 def test_synthetic_only_matches_the_real_class_counts():
     check(build_plan("synthetic-only", REAL, SYN), 0, [0, 0, 0], REAL_COUNTS)
 
@@ -103,7 +110,8 @@ def test_ratio_sweep_composition(name):
 
 def test_expand_and_validate_names():
     assert expand_protocols(["baseline", "ratio-sweep", "ratio-50:50"]) == ["baseline", *RATIO_SWEEP]
-    assert set(PROTOCOLS) == {"baseline", "traditional", "mix", "transfer", "synthetic-only", "balance"}
+    assert set(PROTOCOLS) == {"baseline", "traditional", "mix", "mix-traditional", "transfer", "synthetic-only",
+                              "balance"}
     for bad in ("ratio-60:60", "ratio-50:40", "mixx"):
         with pytest.raises(ValueError, match="unknown protocol"):
             expand_protocols([bad])

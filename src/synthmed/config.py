@@ -453,7 +453,8 @@ WIDTHS = Each(AT_LEAST_1, nonempty=True)
 METRIC_NAMES = ("fid", "kid", "precision", "recall", "f1", "density", "coverage", "ssim", "lpips")
 AUGMENTATION_NAMES = ("flip", "rot90", "jitter")
 FILTER_NAMES = ("none", "global", "class")
-PROTOCOL_NAMES = ("baseline", "traditional", "mix", "transfer", "synthetic-only", "balance", "ratio-sweep")
+PROTOCOL_NAMES = ("baseline", "traditional", "mix", "mix-traditional", "transfer", "synthetic-only", "balance",
+                  "ratio-sweep")
 _CLASSIFIER_RULES = {
     "arch": Choice(("smallcnn", "resnet18")), "widths": WIDTHS, "optimizer": Choice(("adam", "sgd")),
     "lr": POSITIVE, "batch_size": AT_LEAST_1, "epochs": AT_LEAST_1, "patience": AT_LEAST_1, "steps": AT_LEAST_1,

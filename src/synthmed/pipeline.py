@@ -283,7 +283,7 @@ def synthetic_pool_sizes(cfg: RunConfig, train: ImageDataset) -> list[int]:
     protocols = expand_protocols(list(d.protocols))
     need = [0] * len(counts)
     for c, n in enumerate(counts):
-        if any(p in ("mix", "transfer", "synthetic-only") for p in protocols):
+        if any(p in ("mix", "mix-traditional", "transfer", "synthetic-only") for p in protocols):
             need[c] = max(need[c], math.ceil(d.synthetic_ratio * n))
         if "balance" in protocols:
             need[c] = max(need[c], max(counts) - n)

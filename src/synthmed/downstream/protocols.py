@@ -133,6 +133,13 @@ def mix(real: ImageDataset, synthetic: ImageDataset | None, opts: ProtocolOption
     return _single("mix", real, _scaled_draw(real, synthetic, opts, "mix"))
 
 
+def mix_traditional(real: ImageDataset, synthetic: ImageDataset | None, opts: ProtocolOptions) -> TrainingPlan:
+    """``mix`` with ``traditional``'s augmentation on the whole mixed set: whether synthetic images add
+    anything beyond what flips, rotations and jitter already give."""
+    return _single("mix-traditional", real, _scaled_draw(real, synthetic, opts, "mix-traditional"),
+                   tuple(opts.augmentations))
+
+
 def synthetic_only(real: ImageDataset, synthetic: ImageDataset | None, opts: ProtocolOptions) -> TrainingPlan:
     return _single("synthetic-only", None, _scaled_draw(real, synthetic, opts, "synthetic-only"))
 
@@ -174,6 +181,7 @@ PROTOCOLS: dict[str, ProtocolFn] = {
     "baseline": baseline,
     "traditional": traditional,
     "mix": mix,
+    "mix-traditional": mix_traditional,
     "transfer": transfer,
     "synthetic-only": synthetic_only,
     "balance": balance,
