@@ -1,0 +1,275 @@
+"""Do synthmed's generators help a small-data classifier? The proof on BloodMNIST (issue #9, part 4).
+
+BloodMNIST 28x28 RGB, official split. Generators are trained on
+
+- ``full``: the whole official training split (11,959 images);
+- ``50`` / ``200``: each of 3 non-overlapping subsets of 50 (200) images per class, on that subset only.
+
+For every generator: training wall time, conditional accuracy by an INDEPENDENT judge (a classifier
+trained once on the real training split, never used to select or tune anything), domain FD against
+the real test split next to the same-N real floor (real validation images drawn at the synthetic
+set's class counts vs the same test split) and their ratio, precision / recall / coverage, and the
+memorisation audit's flags. For the subsets also the downstream protocols baseline, traditional,
+mix and mix-traditional, every classifier at the same optimizer-step budget, early-stopped on the
+real validation split, scored on the full test split, with paired 95% t intervals over the 3 subsets.
+
+    python benchmarks/generator_quality.py --only full          # ~35 min on 2 CPU cores (generator 30 min)
+    python benchmarks/generator_quality.py --only 50            # 3 generators + 12 classifiers
+    python benchmarks/generator_quality.py --only 200
+    python benchmarks/generator_quality.py --preset pixel28 --set generator.formulation=edm
+    python benchmarks/generator_quality.py --device cuda --full-steps 20000 --subset-steps 8000   # GPU size
+
+Resumable part by part and cell by cell: trained generators and finished classifier cells under
+``--work`` are reused on a rerun; finished parts are kept in the JSON. Writes
+``benchmarks/results/generator_quality_<device>.{json,md}`` and sample grids to ``docs/images/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthmed.config import ClassifierConfig, load_config, set_dotted, validate
+from synthmed.data.sources import load_dataset
+from synthmed.data.splits import disjoint_subsets
+from synthmed.features.domain import DomainExtractor
+from synthmed.generators.registry import build_generator, load_generator
+from synthmed.metrics.conditional_accuracy import conditional_accuracy
+from synthmed.metrics.evaluate import evaluate
+from synthmed.metrics.memorisation import memorisation_audit
+from synthmed.pipeline import step_downstream_experiment
+from synthmed.runtime import resolve_device, set_threads
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
+PROTOCOLS = ["baseline", "traditional", "mix", "mix-traditional"]
+#: the independent judge: never used for selection or tuning, only to score
+JUDGE = ClassifierConfig(arch="smallcnn", widths=[32, 64, 128], steps=2000, eval_every=200, patience=4)
+JUDGE_SEED = 1234
+TARGETS = {"full": "conditional accuracy >= 0.85 and FD ratio <= 3 with <= 30 min of generator training (2 CPU cores)",
+           "50": "best synthetic protocol beats the best real-only protocol by >= 0.02 balanced accuracy, paired CI > 0",
+           "200": "best synthetic protocol not below the best real-only protocol"}
+
+
+def study_config(args):
+    overrides: dict = {}
+    for item in args.set:
+        key, val = item.split("=", 1)
+        set_dotted(overrides, key, val)
+    set_dotted(overrides, "data.dataset", json.dumps("medmnist:bloodmnist"))
+    set_dotted(overrides, "data.data_root", json.dumps(str(args.data_root)))
+    set_dotted(overrides, "data.image_size", "28")
+    set_dotted(overrides, "device", json.dumps(args.device))
+    set_dotted(overrides, "downstream.classifier", json.dumps(
+        {"arch": "smallcnn", "widths": [16, 32, 64], "steps": args.steps, "eval_every": 100, "patience": 3}))
+    set_dotted(overrides, "downstream.seeds", "[0, 1, 2]")
+    set_dotted(overrides, "downstream.synthetic_ratio", "1.0")
+    return load_config(preset=args.preset, overrides=overrides)
+
+
+def with_steps(cfg, steps: int):
+    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, train_steps=steps))
+    validate(cfg)
+    return cfg
+
+
+def real_floor(extractor, val, test, counts, seed=0) -> dict:
+    """FD of real validation images drawn at the synthetic set's class counts against the test split:
+    what a generator indistinguishable from real data would score at this N."""
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.choice(np.flatnonzero(val.labels == c), min(n, int((val.labels == c).sum())),
+                                     replace=False) for c, n in enumerate(counts)])
+    ev = evaluate(test, val.subset(idx, name="real val (floor)"), extractor, metrics=("fid",), per_class=False,
+                  n_boot=0, allow_real_as_synthetic=True)
+    return {"fd": ev["rows"][0]["metrics"]["fid"]["value"], "n": int(len(idx))}
+
+
+def score_generator(gen, train, splits, judge, n_per_class: int, seed: int) -> dict:
+    t0 = time.time()
+    syn = gen.sample([n_per_class] * len(splits.class_names), seed=seed, progress=False)
+    sample_seconds = time.time() - t0
+    ca = conditional_accuracy(judge.classifier, syn)
+    ev = evaluate(splits.test, syn, judge, metrics=("fid", "precision", "recall", "coverage"), per_class=False,
+                  n_boot=20, seed=seed, real_train_fingerprint=splits.train.fingerprint())
+    m = ev["rows"][0]["metrics"]
+    floor = real_floor(judge, splits.val, splits.test, syn.class_counts(), seed=seed)
+    audit = memorisation_audit(train, syn, judge)
+    return {
+        "train_seconds": gen.history.get("train_seconds"), "train_steps": gen.describe()["train_steps"],
+        "images_per_second": gen.history.get("images_per_second"), "sample_seconds": sample_seconds,
+        "n_synthetic": len(syn), "conditional_accuracy": ca["accuracy"]["accuracy"],
+        "conditional_accuracy_per_class": {c: e["accuracy"] for c, e in ca["per_class"].items()},
+        "fd": m["fid"]["value"], "fd_ci": [m["fid"].get("ci_low"), m["fid"].get("ci_high")],
+        "fd_real_floor": floor["fd"], "fd_ratio": m["fid"]["value"] / max(floor["fd"], 1e-12),
+        "precision": m["precision"]["value"], "recall": m["recall"]["value"], "coverage": m["coverage"]["value"],
+        "memorisation_flagged": audit["overall"]["n_flagged"], "memorisation_n": audit["overall"]["n"],
+    }, syn
+
+
+def save_grid(syn, path: Path, per_class: int = 8) -> None:
+    from synthmed.report.figures import image_grid, save_png
+
+    save_png(image_grid(syn, per_class=per_class, scale=2), path)
+
+
+def part_full(args, cfg, splits, judge, device) -> dict:
+    cfg = with_steps(cfg, args.full_steps)
+    folder = args.work / "full" / "generator"
+    if (folder / "generator.json").is_file():
+        gen = load_generator(folder, device=device)
+    else:
+        gen = build_generator(cfg.generator, image_size=28, channels=3, class_names=splits.class_names, device=device,
+                              seed=cfg.seed)
+        gen.fit(splits.train, splits.val, checkpoint_dir=args.work / "full" / "checkpoints", progress=True)
+        gen.save(folder)
+    scores, syn = score_generator(gen, splits.train, splits, judge, args.samples_per_class, seed=cfg.seed + 1)
+    save_grid(syn, args.grids / "generator_quality_full.png")
+    return {"generator": gen.describe()["summary"], "scores": scores}
+
+
+def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
+    cfg = with_steps(cfg, args.subset_steps)
+    cfg = dataclasses.replace(cfg, downstream=dataclasses.replace(cfg.downstream, protocols=list(PROTOCOLS)))
+    validate(cfg)
+    subsets = disjoint_subsets(splits.train, 3, n_per_class=size, seed=0)
+    repeats = [(f"n{size}_subset{i}", sub, i) for i, sub in enumerate(subsets)]
+    exp_dir = args.work / f"n{size}"
+    t0 = time.time()
+    res = step_downstream_experiment(cfg, args.work, splits, device, repeats=repeats, exp_dir=exp_dir, quiet=False)
+    per_subset = []
+    for i, sub in enumerate(subsets):
+        gen = load_generator(exp_dir / "generators" / f"repeat{i}", device=device)
+        scores, syn = score_generator(gen, sub, splits, judge, args.samples_per_class, seed=cfg.seed + 1 + i)
+        per_subset.append(scores)
+        if i == 0:
+            save_grid(syn, args.grids / f"generator_quality_{size}.png")
+    summary = [r for r in res["summary"] if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
+    return {"seconds": time.time() - t0, "downstream": summary, "generators": per_subset,
+            "mean": {k: float(np.mean([s[k] for s in per_subset])) for k in
+                     ("conditional_accuracy", "fd", "fd_real_floor", "fd_ratio", "precision", "recall", "coverage",
+                      "train_seconds")}}
+
+
+def verdicts(results: dict) -> dict:
+    out = {}
+    f = (results.get("parts") or {}).get("full")
+    if f:
+        s = f["scores"]
+        minutes = (s["train_seconds"] or 0) / 60
+        out["full"] = {"met": s["conditional_accuracy"] >= 0.85 and s["fd_ratio"] <= 3 and minutes <= 30,
+                       "by": f"conditional accuracy {s['conditional_accuracy']:.3f} (target 0.85, "
+                             f"{s['conditional_accuracy'] - 0.85:+.3f}); FD ratio {s['fd_ratio']:.1f} (target 3); "
+                             f"{minutes:.1f} min of training"}
+    for size in ("50", "200"):
+        p = (results.get("parts") or {}).get(size)
+        if not p:
+            continue
+        rows = {r["protocol"]: r for r in p["downstream"]}
+        real_best = max(("baseline", "traditional"), key=lambda k: rows[k]["mean"])
+        syn_best = max(("mix", "mix-traditional"), key=lambda k: rows[k]["mean"])
+        gap = rows[syn_best]["mean"] - rows[real_best]["mean"]
+        vs = rows[syn_best].get("vs_" + real_best) or (rows[syn_best].get("vs_baseline") if real_best == "baseline"
+                                                       else None)
+        ci = (vs or {}).get("ci_low"), (vs or {}).get("ci_high")
+        met = (gap >= 0.02 and ci[0] is not None and ci[0] > 0) if size == "50" else gap >= 0
+        out[size] = {"met": bool(met), "by": f"best synthetic {syn_best} {rows[syn_best]['mean']:.3f} vs best real-only "
+                     f"{real_best} {rows[real_best]['mean']:.3f}: {gap:+.3f}"
+                     + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci[0] is not None else "")}
+    return out
+
+
+def markdown(results: dict) -> str:
+    s = results["setup"]
+    lines = [f"# Generator quality on BloodMNIST ({s['device']}, {s['threads']} threads, torch {s['torch']})", "",
+             f"Generator: {s['generator']}. Independent judge: {s['judge']} (real test accuracy "
+             f"{s['judge_real_test_accuracy']:.3f}); FD in its 128-d features against the real test split "
+             f"(n={s['n_test']}), floor = real validation images at the same class counts. "
+             f"{s['samples_per_class']} synthetic images per class. Downstream: small CNN [16,32,64], "
+             f"{s['classifier_steps']} steps of batch 64 for every protocol, mean ± std over 3 subsets, paired 95% "
+             "t interval.", "",
+             "| part | train min | cond. acc. | FD | floor | FD/floor | precision | recall | coverage | flagged |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    parts = results.get("parts", {})
+    for name, p in parts.items():
+        g = p["scores"] if name == "full" else p["mean"]
+        flagged = g.get("memorisation_flagged", sum(x["memorisation_flagged"] for x in p.get("generators", [])))
+        lines.append(f"| {name} | {(g['train_seconds'] or 0) / 60:.1f} | {g['conditional_accuracy']:.3f} | {g['fd']:.2f} | "
+                     f"{g['fd_real_floor']:.2f} | {g['fd_ratio']:.1f} | {g['precision']:.3f} | {g['recall']:.3f} | "
+                     f"{g['coverage']:.3f} | {flagged} |")
+    for size in ("50", "200"):
+        if size not in parts:
+            continue
+        lines += ["", f"## {size} images per class: balanced accuracy on the test split", "",
+                  "| protocol | mean ± std | vs baseline [95% CI] |", "|---|---|---|"]
+        for r in parts[size]["downstream"]:
+            d = r.get("vs_baseline") or {}
+            diff = "–" if d.get("mean") is None else f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+            lines.append(f"| {r['protocol']} | {r['mean']:.3f} ± {(r.get('std') or 0):.3f} | {diff} |")
+    lines += ["", "## Targets", ""]
+    for name, v in results.get("verdicts", {}).items():
+        lines.append(f"- {name}: {'met' if v['met'] else 'MISSED'} ({TARGETS[name]}): {v['by']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument("--only", default="full,50,200", help="parts to run: full, 50, 200 (comma list)")
+    ap.add_argument("--preset", default="pixel28", help="generator preset (default pixel28)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    ap.add_argument("--full-steps", type=int, default=4000, help="generator steps on the full split")
+    ap.add_argument("--subset-steps", type=int, default=1500, help="generator steps per subset")
+    ap.add_argument("--steps", type=int, default=500, help="optimizer steps of every downstream classifier")
+    ap.add_argument("--samples-per-class", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--work", type=Path, default=Path("runs/generator_quality"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--grids", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "images")
+    args = ap.parse_args()
+    if not (args.data_root / "bloodmnist.npz").is_file():
+        raise SystemExit(f"BloodMNIST not found at {args.data_root / 'bloodmnist.npz'}; pass --data-root")
+    threads = set_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = study_config(args)
+    splits = load_dataset(cfg.data)
+    args.grids.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"generator_quality_{device}.json"
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    judge = DomainExtractor(splits.train, splits.val, JUDGE, seed=JUDGE_SEED, device=device, progress=False)
+    real_acc = float((judge.classifier.predict(splits.test) == splits.test.labels).mean())
+    results["setup"] = {
+        "data": "BloodMNIST 28x28 RGB, official split", "n_train": len(splits.train), "n_val": len(splits.val),
+        "n_test": len(splits.test), "preset": args.preset, "overrides": args.set,
+        "generator": build_generator(cfg.generator, image_size=28, channels=3, class_names=splits.class_names)
+        .describe()["summary"] + f"; {args.full_steps} steps on the full split, {args.subset_steps} per subset",
+        "judge": f"smallcnn {JUDGE.widths} ({JUDGE.steps} steps, seed {JUDGE_SEED}) on the real training split",
+        "judge_real_test_accuracy": real_acc, "samples_per_class": args.samples_per_class,
+        "classifier_steps": args.steps, "device": device, "threads": threads, "torch": torch.__version__,
+        "platform": platform.platform(), "generator_settings": dataclasses.asdict(cfg.generator),
+    }
+    results.setdefault("parts", {})
+    for part in args.only.split(","):
+        t0 = time.time()
+        if part == "full":
+            results["parts"]["full"] = part_full(args, cfg, splits, judge, device)
+        elif part in ("50", "200"):
+            results["parts"][part] = part_subsets(args, cfg, splits, judge, device, int(part))
+        else:
+            raise SystemExit(f"--only: unknown part {part!r}; use full, 50, 200")
+        results["parts"][part]["wall_seconds"] = time.time() - t0
+        results["verdicts"] = verdicts(results)
+        args.out.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        out.with_suffix(".md").write_text(markdown(results))
+        print(markdown(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
