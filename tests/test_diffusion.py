@@ -190,7 +190,7 @@ class GaussianOracle(torch.nn.Module):
 @pytest.mark.parametrize("sampler, steps", [("dpmsolver++", 20), ("ddim", 50), ("ddpm", 100)])
 def test_samplers_reproduce_a_gaussian_with_the_exact_denoiser(sampler, steps):
     ds = tiny_set(size=8)
-    g = make_gen(tiny_cfg(block_out_channels=[16, 16]), ds)
+    g = make_gen(tiny_cfg(block_out_channels=[16, 16], formulation="ddpm"), ds)
     g.train_fingerprint = "oracle"
     mu, s = 0.3, 0.2
     g.ema = GaussianOracle(g.formulation.noise_scheduler().alphas_cumprod, mu, s)
@@ -202,7 +202,7 @@ def test_samplers_reproduce_a_gaussian_with_the_exact_denoiser(sampler, steps):
 
 def test_sampling_grid_avoids_the_cosine_endpoint():
     # alpha_bar(T-1) ~ 2e-9 under the cosine schedule: starting there amplifies the network's error ~2e4x
-    g = make_gen(tiny_cfg(), tiny_set())
+    g = make_gen(tiny_cfg(formulation="ddpm"), tiny_set())
     for sampler in ("dpmsolver++", "ddim", "ddpm"):
         sch = g.sampling_scheduler(sampler)
         sch.set_timesteps(16)
@@ -266,7 +266,8 @@ def test_edm_loss_of_the_exact_denoiser_is_its_irreducible_minimum():
 def test_min_snr_weights_cap_the_high_snr_timesteps(prediction):
     from synthmed.generators.formulation import DDPMFormulation
 
-    f = DDPMFormulation(tiny_cfg(loss_weighting="min_snr", min_snr_gamma=5.0, prediction_type=prediction))
+    f = DDPMFormulation(tiny_cfg(formulation="ddpm", loss_weighting="min_snr", min_snr_gamma=5.0,
+                                 prediction_type=prediction))
     a = f.alphas_cumprod
     w = f.loss_weight(a)
     snr = a / (1 - a)
@@ -275,11 +276,12 @@ def test_min_snr_weights_cap_the_high_snr_timesteps(prediction):
     torch.testing.assert_close(w[low], expect_low)
     assert (w[~low] < (1.0 if prediction == "epsilon" else 5 / 6 + 1e-6)).all()
     assert w[0] < 1e-2  # the nearly clean first timestep barely counts
-    uniform = DDPMFormulation(tiny_cfg(prediction_type=prediction))
+    uniform = DDPMFormulation(tiny_cfg(formulation="ddpm", prediction_type=prediction))
     assert torch.equal(uniform.loss_weight(a), torch.ones_like(a))
 
 
-@pytest.mark.parametrize("kw", [dict(formulation="edm"), dict(prediction_type="v_prediction", loss_weighting="min_snr")])
+@pytest.mark.parametrize("kw", [dict(formulation="ddpm"),
+                                dict(formulation="ddpm", prediction_type="v_prediction", loss_weighting="min_snr")])
 def test_other_formulations_learn_and_resume(kw, tmp_path):
     ds = tiny_set()
     g = make_gen(tiny_cfg(train_steps=120, **kw), ds)

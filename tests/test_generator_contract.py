@@ -23,7 +23,7 @@ TINY = {
     "diffusion": (lambda steps: DiffusionConfig(block_out_channels=[16, 16], layers_per_block=1, lr=2e-3,
                                                 warmup_steps=2, batch_size=8, train_steps=steps, log_every=2,
                                                 sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
-    "diffusion-edm": (lambda steps: DiffusionConfig(formulation="edm", block_out_channels=[16, 16], lr=2e-3,
+    "diffusion-ddpm": (lambda steps: DiffusionConfig(formulation="ddpm", block_out_channels=[16, 16], lr=2e-3,
                                                     warmup_steps=2, batch_size=8, train_steps=steps, log_every=2,
                                                     sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
 }

@@ -296,7 +296,7 @@ class DiffusionGenerator(Generator):
 
     def describe(self) -> dict:
         c = self.cfg
-        objective = (f"EDM preconditioning (sigma_data {c.sigma_data})" if c.formulation == "edm" else
+        objective = (f"EDM preconditioning (sigma_data {self.formulation.sigma_data})" if c.formulation == "edm" else
                      f"DDPM {c.prediction_type} ({c.schedule} schedule, {c.loss_weighting} loss weighting)")
         h = self.history
         return {

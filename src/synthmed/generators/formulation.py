@@ -83,10 +83,11 @@ class EDMFormulation:
 
     def __init__(self, cfg: DiffusionConfig, device: str = "cpu"):
         self.cfg = cfg
+        self.sigma_data = cfg.sigma_data if cfg.sigma_data is not None else (1.0 if cfg.space == "latent" else 0.5)
 
     def scalings(self, sigma: torch.Tensor):
         """(c_skip, c_out, c_in, c_noise) of Karras et al. 2022, Table 1."""
-        sd = self.cfg.sigma_data
+        sd = self.sigma_data
         c_skip = sd**2 / (sigma**2 + sd**2)
         c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
         c_in = 1 / (sigma**2 + sd**2).sqrt()
@@ -108,7 +109,7 @@ class EDMFormulation:
         from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
         common = dict(sigma_min=self.cfg.edm_sigma_min, sigma_max=self.cfg.edm_sigma_max,
-                      sigma_data=self.cfg.sigma_data, sigma_schedule="karras", rho=7.0)
+                      sigma_data=self.sigma_data, sigma_schedule="karras", rho=7.0)
         if sampler == "dpmsolver++":
             return EDMDPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
         if sampler == "ddim":  # deterministic first-order ODE step: DDIM's counterpart in sigma space
