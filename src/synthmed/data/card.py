@@ -82,7 +82,7 @@ def build_card(meta: dict, set_info: dict, evaluation_summary: dict | None = Non
     if "seed" not in meta and selection_seed is not None:
         # generate-until-N-pass rounds: each round's seed is derived from this one
         sampling["seed"] = selection_seed
-        sampling["seed_note"] = "base seed of the realism-filter rounds (round r samples with a seed derived from it)"
+        sampling["seed_note"] = "base seed of the filter's generate-until rounds (round r samples with a seed derived from it)"
     return {
         "format": CARD_FORMAT,
         "synthmed_version": synthmed.__version__,
