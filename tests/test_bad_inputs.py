@@ -107,6 +107,18 @@ BAD_INPUTS = [
     ("filter-budget", ["filter", "{syn}", "--real", "folder:{real}", "--budget-factor", "0.5", "--out", "{tmp}/f"],
      "select.budget_factor = 0.5: must be >= 1"),
     ("filter-per-class", ["filter", "{run}", "--per-class", "0", "--out", "{tmp}/f"], "samples_per_class = 0"),
+    ("filter-tau-negative", ["filter", "{syn}", "--real", "folder:{real}", "--mode", "confidence", "--tau", "-0.1",
+                             "--out", "{tmp}/f"], "--tau: select.tau = -0.1: must be in [0, 1]"),
+    ("filter-tau-above-one", ["filter", "{syn}", "--real", "folder:{real}", "--mode", "confidence", "--tau", "1.5",
+                              "--out", "{tmp}/f"], "--tau: select.tau = 1.5: must be in [0, 1]"),
+    ("filter-tau-text", ["filter", "{syn}", "--real", "folder:{real}", "--mode", "confidence", "--tau", "high",
+                         "--out", "{tmp}/f"], "select.tau = 'high': expected a number"),
+    ("filter-mode-choice", ["filter", "{syn}", "--real", "folder:{real}", "--mode", "confident", "--out", "{tmp}/f"],
+     "invalid choice: 'confident'"),
+    ("run-tau", ["demo", "--set", "select.tau=2"], "select.tau = 2.0: must be in [0, 1]"),
+    ("grader-is-selector", ["demo", "--set", "select.mode=confidence", "--set", "evaluate.grader_seed_offset=0"],
+     ("evaluate.grader_seed_offset = 0", "selecting judge", "evaluate.grader_arch")),
+    ("grader-arch-choice", ["demo", "--set", "evaluate.grader_arch=vgg"], "evaluate.grader_arch = 'vgg'; choose one of"),
     ("filter-class-mismatch", ["filter", "folder:{syn_renamed}", "--real", "folder:{real}", "--out", "{tmp}/f"],
      "match no class of the real data"),
     # --- region-of-interest boxes: one crop per image must not take a box of the wrong class in silence
@@ -132,6 +144,8 @@ BAD_INPUTS = [
     # --- downstream flags
     ("downstream-protocol", ["downstream", "--protocols", "baseline,mixx"], "'mixx' is not allowed"),
     ("downstream-filter", ["downstream", "--filters", "strict"], "'strict' is not allowed"),
+    ("downstream-filter-grader", ["downstream", "--filters", "none,confidence", "--set", "select.mode=confidence",
+                                  "--set", "evaluate.grader_seed_offset=-1"], "evaluate.grader_seed_offset = -1"),
     ("downstream-subsets", ["downstream", "--subsets", "-1"], "downstream.subsets = -1: must be >= 0"),
     ("downstream-per-class", ["downstream", "--subsets", "2", "--per-class", "0"], "downstream.subset_per_class = 0"),
 ]

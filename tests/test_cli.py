@@ -223,6 +223,55 @@ def test_run_with_realism_filter_records_selection(tmp_path):
     assert sel["real_val_acceptance"]["acceptance_rate"] == 1.0
 
 
+def test_run_with_confidence_selection_is_graded_by_an_independent_judge(tmp_path):
+    argv = ["demo", "--out", str(tmp_path), "--name", "conf", "--quiet", *TINY, "--set", "select.mode=confidence",
+            "--set", "select.budget_factor=2"]
+    # p >= 0 keeps everything: the bookkeeping end to end (rejection is tested in test_confidence.py)
+    assert main([*argv, "--set", "select.tau=0"]) == 0
+    run = tmp_path / "conf"
+    metrics = json.loads((run / "metrics.json").read_text())
+    sel = metrics["selection"]
+    assert sel["mode"] == "confidence" and sel["tau"] == 0.0 and sel["real_val_acceptance"]["acceptance_rate"] == 1.0
+    assert all(e["kept"] == e["requested"] == 4 for e in sel["per_class"].values())
+    by = metrics["conditional_accuracy"]["scored_by"]
+    assert by["role"] == "independent grader" and (by["arch"], by["seed"]) == ("smallcnn", 1001)
+    assert by["selector"] == sel["selector"] and by["weights_hash"] != sel["selector"]["weights_hash"]
+    html = (run / "report.html").read_text()
+    assert "Confidence filtering" in html
+    assert "Scored by an independent judge (smallcnn seed 1001), not the selecting classifier" in html
+    card = json.loads((run / "samples" / "card.json").read_text())
+    assert card["selection"]["selector"]["weights_hash"] == sel["selector"]["weights_hash"]
+    assert card["evaluation"]["conditional_accuracy"]["scored_by"]["role"] == "independent grader"
+    assert "Confidence-filtered" in (run / "samples" / "card.md").read_text()
+
+
+def test_filter_by_confidence_reports_the_real_reference_and_evaluate_grades_independently(demo_run, tmp_path,
+                                                                                          capsys):
+    kept_dir = tmp_path / "conf"
+    assert main(["filter", str(demo_run / "samples"), "--real", str(demo_run), "--mode", "confidence", "--tau", "0",
+                 "--out", str(kept_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((kept_dir / "filter_report.json").read_text())
+    data = json.loads((demo_run / "data.json").read_text())
+    ref = report["real_val_acceptance"]
+    assert report["mode"] == "confidence" and report["tau"] == 0.0 and report["selector"]["arch"] == "smallcnn"
+    assert (ref["n"], ref["fingerprint"]) == (data["val"]["num_images"], data["val"]["fingerprint"])
+    for c, e in report["per_class"].items():
+        assert (e["generated"], e["kept"], e["acceptance_rate"], ref["per_class"][c]) == (4, 4, 1.0, 1.0)
+    assert "selected by the judge" in out and "real validation images: 1.00" in out
+    assert main(["evaluate", str(demo_run), str(kept_dir), "--n-boot", "0", "--no-memorisation",
+                 "--set", "evaluate.metrics=[fid]", "--quiet"]) == 0
+    by = json.loads((kept_dir / "evaluation" / "judge_and_audit.json").read_text())["conditional_accuracy"]["scored_by"]
+    assert by["role"] == "independent grader" and by["seed"] == 1001
+    assert by["weights_hash"] != report["selector"]["weights_hash"] == by["selector"]["weights_hash"]
+    # generate until N per class pass, from the run's generator
+    assert main(["filter", str(demo_run), "--per-class", "3", "--mode", "confidence", "--tau", "0",
+                 "--out", str(tmp_path / "gen"), "--quiet"]) == 0
+    rep = json.loads((tmp_path / "gen" / "filter_report.json").read_text())
+    assert rep["reached"] and all(e["kept"] == 3 for e in rep["per_class"].values())
+    assert load_image_set(tmp_path / "gen").class_counts() == [3, 3, 3]
+
+
 def test_sample_flags_and_set_apply_to_the_runs_saved_config(demo_run, tmp_path):
     assert main(["sample", str(demo_run), "--per-class", "1", "--steps", "2", "--sampler", "ddim", "--threads", "1",
                  "--set", "generator.guidance=1.0", "--out", str(tmp_path / "s"), "--quiet"]) == 0

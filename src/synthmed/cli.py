@@ -214,9 +214,12 @@ def cmd_evaluate(args) -> int:
     ev = cfg.evaluate
     judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
     extractor = pipeline.feature_extractor(cfg, judge, device)
+    # a set kept for a judge's confidence is graded by an independent classifier, never by that judge
+    selected_by_confidence = (synthetic.meta.get("selection") or {}).get("mode") == "confidence"
+    grader = pipeline.step_grader(cfg, splits, device, quiet=args.quiet) if selected_by_confidence else None
     out = Path(args.out) if args.out else _default_out(args.synthetic, "evaluation")
     result = pipeline.evaluate_synthetic(splits, synthetic, ev, judge, extractor, out, seed=cfg.seed,
-                                         quiet=args.quiet)
+                                         grader=grader, quiet=args.quiet)
     from synthmed.files import atomic_write_json
 
     atomic_write_json({k: v for k, v in result.items() if k != "evaluation"}, out / "evaluation" / "judge_and_audit.json")
@@ -239,6 +242,7 @@ def cmd_filter(args) -> int:
     from synthmed.data.export import align_classes, save_image_set
     from synthmed.files import atomic_write_json
     from synthmed.runtime import resolve_device, set_threads
+    from synthmed.selection.confidence import confidence_filter, generate_until_confident
     from synthmed.selection.filter import filter_synthetic, generate_until
 
     run_dir = Path(args.source)
@@ -258,20 +262,28 @@ def cmd_filter(args) -> int:
         gen = pipeline.load_run_generator(run_dir, device=device)
         cfg, splits = pipeline.resolve_real(real_spec, image_size=gen.image_size, channels=gen.channels, cfg=cfg)
         judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
-        extractor = pipeline.feature_extractor(cfg, judge, device)
-        kept, report = generate_until(gen, splits.train, extractor, cfg.samples_per_class, mode=sel.mode,
-                                      threshold=sel.threshold, k=sel.k, budget_factor=sel.budget_factor,
-                                      seed=cfg.seed if args.seed is not None else cfg.seed + 1,
-                                      held_out=splits.val, progress=not args.quiet)
+        seed = cfg.seed if args.seed is not None else cfg.seed + 1
+        if sel.mode == "confidence":  # the selector: the run's judge, trained on the real training split
+            kept, report = generate_until_confident(gen, judge.classifier, cfg.samples_per_class, tau=sel.tau,
+                                                    budget_factor=sel.budget_factor, seed=seed, held_out=splits.val,
+                                                    progress=not args.quiet)
+        else:
+            extractor = pipeline.feature_extractor(cfg, judge, device)
+            kept, report = generate_until(gen, splits.train, extractor, cfg.samples_per_class, mode=sel.mode,
+                                          threshold=sel.threshold, k=sel.k, budget_factor=sel.budget_factor,
+                                          seed=seed, held_out=splits.val, progress=not args.quiet)
     else:
         synthetic = pipeline.resolve_synthetic(args.source)
         cfg, splits = pipeline.resolve_real(real_spec, image_size=synthetic.image_size,
                                             channels=synthetic.channels, cfg=cfg)
         synthetic = align_classes(synthetic, splits.class_names, where=args.source)
         judge = pipeline.step_judge(cfg, splits, device, quiet=args.quiet)
-        extractor = pipeline.feature_extractor(cfg, judge, device)
-        kept, report = filter_synthetic(synthetic, splits.train, extractor, mode=sel.mode, threshold=sel.threshold,
-                                        k=sel.k, held_out=splits.val)
+        if sel.mode == "confidence":
+            kept, report = confidence_filter(synthetic, judge.classifier, sel.tau, held_out=splits.val)
+        else:
+            extractor = pipeline.feature_extractor(cfg, judge, device)
+            kept, report = filter_synthetic(synthetic, splits.train, extractor, mode=sel.mode,
+                                            threshold=sel.threshold, k=sel.k, held_out=splits.val)
     reference = report["real_val_acceptance"]
     out = Path(args.out)
     save_image_set(kept, out)
@@ -286,9 +298,15 @@ def cmd_filter(args) -> int:
           f"({reference['acceptance_rate']:.2f}), what a generator indistinguishable from real data would get")
     too_strict = [c for c, r in reference["per_class"].items() if r is not None and r < 0.1]
     if too_strict:
+        fix = ("); lower --tau" if sel.mode == "confidence" else
+               "; typical for small classes in class mode); lower --threshold or use --mode global")
         print(f"warning: the filter rejects over 90% of the REAL validation images of {too_strict}: for these "
-              "classes it is too strict to tell good synthetic images from bad (typical for small classes in "
-              "class mode); lower --threshold or use --mode global", file=sys.stderr)
+              f"classes it is too strict to tell good synthetic images from bad ({sel.mode} filter{fix}",
+              file=sys.stderr)
+    if sel.mode == "confidence":
+        s = report["selector"]
+        print(f"selected by the judge ({s['arch']} seed {s['seed']}, weights {s['weights_hash']}); `synthmed evaluate` "
+              "scores this set's conditional accuracy with an independent grader, never with this judge")
     print(f"filtered set: {out.resolve()}")
     return 0
 
@@ -490,13 +508,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="output folder (default: the synthetic folder); results go to OUT/evaluation/")
     q.set_defaults(func=cmd_evaluate)
 
-    q = sub.add_parser("filter", help="keep synthetic images with realism score R >= threshold",
+    q = sub.add_parser("filter", help="keep synthetic images with realism score R >= threshold, or p >= tau",
                        description="Realism-score filtering (Kynkaenniemi et al. 2019): keep synthetic images inside "
-                       "the real training split's feature manifold; with --per-class, generate until N pass.")
+                       "the real training split's feature manifold; or (--mode confidence) keep those whose intended "
+                       "class gets p >= tau under the judge trained on the real training split; with --per-class, "
+                       "generate until N pass.")
     q.add_argument("source", help="run folder (its samples/ or, with --per-class, its generator) or an image set")
     q.add_argument("--real", help="real dataset (default: the run's data)")
-    _config_flag(q, "--mode", key="select.mode", choices=["class", "global"], default="class")
+    _config_flag(q, "--mode", key="select.mode", choices=["class", "global", "confidence"], default="class",
+                 help="class / global: realism filter; confidence: the judge's p(intended class) >= --tau")
     _config_flag(q, "--threshold", key="select.threshold", default=1.0, help="keep images with realism R >= this")
+    _config_flag(q, "--tau", key="select.tau", help="--mode confidence: keep images with p(intended class) >= this "
+                 "(default: the config's select.tau, 0.9)")
     _config_flag(q, "--k", key="select.k", default=3, help="k of the k-NN realism score")
     _config_flag(q, "--per-class", key="samples_per_class",
                  help="generate until this many per class pass (needs a run folder)")
@@ -513,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(q, config_positional=True)
     _config_flag(q, "--protocols", key="downstream.protocols", type=_comma_list,
                  help="comma list, e.g. baseline,traditional,mix,ratio-sweep")
-    _config_flag(q, "--filters", key="downstream.filters", type=_comma_list, help="comma list of none,global,class")
+    _config_flag(q, "--filters", key="downstream.filters", type=_comma_list,
+                 help="comma list of none,global,class,confidence")
     _config_flag(q, "--subsets", key="downstream.subsets",
                  help="k non-overlapping training subsets (0: repeat over seeds)")
     _config_flag(q, "--per-class", key="downstream.subset_per_class", help="images per class in each subset")

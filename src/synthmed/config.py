@@ -187,14 +187,22 @@ class EvaluateConfig:
     lpips_weights_dir: str | None = None
     #: nearest-training-image audit of every synthetic image
     memorisation: bool = True
+    #: with select.mode "confidence" the judge selects, so an independent grader scores conditional accuracy:
+    #: the judge's config with this architecture (None: the judge's) ...
+    grader_arch: str | None = None
+    #: ... trained on the same real training split with seed = seed + grader_seed_offset
+    grader_seed_offset: int = 1001
 
 
 @dataclass
 class SelectConfig:
-    """Realism-score filtering (Kynkaenniemi et al. 2019; pcam-ddpm eq. 11) of synthetic images."""
+    """Realism-score filtering (Kynkaenniemi et al. 2019; pcam-ddpm eq. 11) of synthetic images, or
+    selection by the judge's confidence ("confidence")."""
 
-    mode: str = "none"  # "none", "global" or "class"
+    mode: str = "none"  # "none", "global", "class" (realism) or "confidence"
     threshold: float = 1.0
+    #: mode "confidence": keep an image when the judge gives its intended class p >= tau (docs/evaluation.md)
+    tau: float = 0.9
     k: int = 3
     #: at most budget_factor x the requested images per class are generated while filtering
     budget_factor: float = 10.0
@@ -456,7 +464,7 @@ WIDTHS = Each(AT_LEAST_1, nonempty=True)
 #: (tests/test_config.py keeps them equal to synthmed.metrics.evaluate / downstream / classifiers)
 METRIC_NAMES = ("fid", "kid", "precision", "recall", "f1", "density", "coverage", "ssim", "lpips")
 AUGMENTATION_NAMES = ("flip", "rot90", "jitter")
-FILTER_NAMES = ("none", "global", "class")
+FILTER_NAMES = ("none", "global", "class", "confidence")
 PROTOCOL_NAMES = ("baseline", "traditional", "mix", "mix-traditional", "transfer", "synthetic-only", "balance",
                   "ratio-sweep")
 _CLASSIFIER_RULES = {
@@ -492,9 +500,10 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
     },
     ClassifierConfig: _CLASSIFIER_RULES,
     EvaluateConfig: {"real_split": Choice(("train", "val", "test")), "metrics": Each(Choice(METRIC_NAMES)),
-                     "k": AT_LEAST_1, "n_boot": AT_LEAST_0},
-    SelectConfig: {"mode": Choice(("none", "global", "class")), "threshold": AT_LEAST_0, "k": AT_LEAST_1,
-                   "budget_factor": AT_LEAST_1},
+                     "k": AT_LEAST_1, "n_boot": AT_LEAST_0, "grader_arch": Choice(("smallcnn", "resnet18")),
+                     "grader_seed_offset": AT_LEAST_0},
+    SelectConfig: {"mode": Choice(("none", "global", "class", "confidence")), "threshold": AT_LEAST_0,
+                   "k": AT_LEAST_1, "budget_factor": AT_LEAST_1, "tau": PROBABILITY},
     DownstreamConfig: {
         "seeds": Each(AT_LEAST_0, nonempty=True), "synthetic_ratio": POSITIVE,
         "augmentations": Each(Choice(AUGMENTATION_NAMES)),
@@ -623,6 +632,12 @@ def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
     if g.sample_steps > g.num_train_timesteps:
         raise ConfigError(f"generator.sample_steps = {g.sample_steps}: must be at most generator.num_train_timesteps "
                           f"({g.num_train_timesteps})")
+    ev = cfg.evaluate
+    if cfg.select.mode == "confidence" and ev.grader_seed_offset == 0 and ev.grader_arch in (None, ev.judge.arch):
+        raise ConfigError(f"evaluate.grader_seed_offset = 0 with evaluate.grader_arch = {ev.grader_arch!r}: under "
+                          "select.mode = confidence the grader of conditional accuracy would be the selecting judge "
+                          "itself, which scores its own choice as correct; set evaluate.grader_seed_offset >= 1 "
+                          "(default 1001) or evaluate.grader_arch to another architecture than evaluate.judge.arch")
     down = 2 ** (len(g.block_out_channels) - 1)
     if for_training and g.space == "pixel" and data.image_size % down:
         raise ConfigError(

@@ -158,6 +158,63 @@ def step_judge(cfg: RunConfig, splits: DataSplits, device: str, *, quiet: bool =
     return extractor
 
 
+def grader_config(cfg: RunConfig):
+    """(classifier config, seed) of the independent grader: the judge's settings with
+    ``evaluate.grader_arch`` (None: the judge's architecture), seed ``seed + evaluate.grader_seed_offset``."""
+    from dataclasses import replace
+
+    ev = cfg.evaluate
+    arch = ev.grader_arch or ev.judge.arch
+    # ImageNet weights are a ResNet-18 file: a small-CNN grader starts from scratch
+    weights = ev.judge.weights_path if arch == "resnet18" else None
+    return replace(ev.judge, arch=arch, weights_path=weights), cfg.seed + ev.grader_seed_offset
+
+
+def step_grader(cfg: RunConfig, splits: DataSplits, device: str, *, quiet: bool = False):
+    """The independent grader: a second classifier trained on the same REAL training split with
+    another seed (and, with ``evaluate.grader_arch``, another architecture). It scores conditional
+    accuracy when the judge selected the images (``select.mode: confidence``): a classifier that chose
+    images for its own confidence would grade its own choice. Cached like the judge."""
+    from synthmed.features.domain import DomainExtractor
+
+    t0 = time.time()
+    gcfg, seed = grader_config(cfg)
+    grader = DomainExtractor(splits.train, splits.val, gcfg, cache_dir=None, seed=seed, device=device,
+                             progress=not quiet)
+    _log(f"grader: {gcfg.arch} seed {seed} trained on the real training split, independent of the selecting judge "
+         f"({'from cache' if grader.cache_hit else f'{time.time() - t0:.0f} s'})", quiet)
+    return grader
+
+
+def _scorer_of_conditional_accuracy(synthetic: ImageDataset, judge, grader) -> tuple[object, dict]:
+    """The classifier that scores conditional accuracy, and the record of which one it is.
+
+    A set selected by a classifier's confidence (``meta["selection"]["mode"] == "confidence"``) is never
+    scored by that classifier: it needs ``grader``, whose weights must differ from the selector's."""
+    from synthmed.config import ConfigError
+    from synthmed.features.base import state_dict_sha256
+
+    selection = synthetic.meta.get("selection") if isinstance(synthetic.meta.get("selection"), dict) else {}
+    selector = selection.get("selector") if selection.get("mode") == "confidence" else None
+    if selector is not None and grader is None:
+        raise ConfigError(f"{synthetic.name}: these images were kept for a classifier's confidence "
+                          f"({selector.get('arch')} seed {selector.get('seed')}); their conditional accuracy must be "
+                          "scored by an independent grader, not by that judge (pipeline.step_grader)")
+    scorer = grader if grader is not None else judge
+    clf = scorer.classifier
+    weights = getattr(scorer, "weights_hash", None) or state_dict_sha256(clf.model.state_dict())
+    record = {"role": "independent grader" if grader is not None else "judge", "arch": clf.config.arch,
+              "seed": clf.meta.get("seed"), "weights_hash": weights, "trained_on": clf.train_fingerprint,
+              "selector": selector}
+    if selector is not None:
+        if weights == selector.get("weights_hash"):
+            raise ConfigError(f"the grader ({clf.config.arch} seed {clf.meta.get('seed')}) has the same weights as the "
+                              f"classifier that selected {synthetic.name}; it cannot grade its own choice: change "
+                              "evaluate.grader_seed_offset or evaluate.grader_arch")
+        record["independent_of_selector"] = True
+    return scorer, record
+
+
 def feature_extractor(cfg: RunConfig, judge, device: str):
     """The extractor named by ``evaluate.extractor``; "domain" is the judge itself."""
     from synthmed.features import get_extractor
@@ -169,31 +226,44 @@ def feature_extractor(cfg: RunConfig, judge, device: str):
 
 
 def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, counts: list[int], *,
-                seed: int | None = None, quiet: bool = False) -> tuple[ImageDataset, dict]:
-    """Generate until ``counts`` images per class pass the realism filter (or the budget is spent)."""
+                seed: int | None = None, judge=None, quiet: bool = False) -> tuple[ImageDataset, dict]:
+    """Generate until ``counts`` images per class pass the filter of ``select.mode`` (or the budget is
+    spent): the realism filter in ``extractor``'s features, or (``confidence``) ``judge``'s confidence."""
+    from synthmed.selection.confidence import generate_until_confident
     from synthmed.selection.filter import generate_until
 
     sel = cfg.select
     t0 = time.time()
+    seed = cfg.seed + 1 if seed is None else seed
     # held_out: the real validation images under the same filter, what a perfect generator would get
-    kept, report = generate_until(gen, splits.train, extractor, counts, mode=sel.mode, threshold=sel.threshold,
-                                  k=sel.k, budget_factor=sel.budget_factor, seed=cfg.seed + 1 if seed is None else seed,
-                                  held_out=splits.val, progress=not quiet)
+    if sel.mode == "confidence":
+        if judge is None:
+            raise ValueError("select.mode confidence needs the judge (step_judge) that selects")
+        kept, report = generate_until_confident(gen, judge.classifier, counts, tau=sel.tau,
+                                                budget_factor=sel.budget_factor, seed=seed, held_out=splits.val,
+                                                progress=not quiet)
+        rule = f"the judge's confidence filter (p(intended class) >= {sel.tau:g})"
+    else:
+        kept, report = generate_until(gen, splits.train, extractor, counts, mode=sel.mode, threshold=sel.threshold,
+                                      k=sel.k, budget_factor=sel.budget_factor, seed=seed, held_out=splits.val,
+                                      progress=not quiet)
+        rule = f"the {sel.mode} realism filter (R >= {sel.threshold})"
+    # the selection record generate_until* wrote (settings, seed, the selector) is kept as it is
     kept.meta.update({"generator": gen.kind, **gen.sampling_defaults,
                       "train_fingerprint": gen.train_fingerprint, "seconds": time.time() - t0,
-                      "images_per_second": report.get("generated_total", len(kept)) / max(time.time() - t0, 1e-9),
-                      "selection": {"mode": sel.mode, "threshold": sel.threshold, "k": sel.k}})
+                      "images_per_second": report.get("generated", len(kept)) / max(time.time() - t0, 1e-9)})
     save_image_set(kept, out / "samples")
     _update_run_info(out, timings={"sample+select": time.time() - t0})
-    _log(f"select: kept {len(kept)} images passing the {sel.mode} realism filter (R >= {sel.threshold})", quiet)
+    _log(f"select: kept {len(kept)} images passing {rule}", quiet)
     return kept, report
 
 
 def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judge, extractor, out_dir: Path, *,
-                       seed: int = 0, quiet: bool = False) -> dict:
-    """Conditional accuracy (judge), distribution metrics per class with subsampling CIs against the
-    real ``ev_cfg.real_split``, and the memorisation audit against the real training split.
-    Writes ``out_dir/evaluation/{metrics.json,metrics.csv}`` and the audit's worst pairs."""
+                       seed: int = 0, grader=None, quiet: bool = False) -> dict:
+    """Conditional accuracy (judge, or ``grader``: required for a set the judge selected by its
+    confidence), distribution metrics per class with subsampling CIs against the real
+    ``ev_cfg.real_split`` in ``extractor``'s features, and the memorisation audit against the real
+    training split. Writes ``out_dir/evaluation/{metrics.json,metrics.csv}`` and the audit's worst pairs."""
     from synthmed.metrics.conditional_accuracy import conditional_accuracy
     from synthmed.metrics.evaluate import evaluate, format_table, write_outputs
     from synthmed.metrics.memorisation import memorisation_audit, worst_pairs_grid
@@ -206,11 +276,14 @@ def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judg
                         "generate more (synthmed sample --per-class N) or loosen the filter (--threshold)")
     t0 = time.time()
     stages: dict[str, float] = {}
-    result = {"conditional_accuracy": conditional_accuracy(judge.classifier, synthetic, splits.test)}
+    scorer, scored_by = _scorer_of_conditional_accuracy(synthetic, judge, grader)
+    result = {"conditional_accuracy": {**conditional_accuracy(scorer.classifier, synthetic, splits.test),
+                                       "scored_by": scored_by}}
     stages["conditional_accuracy"] = time.time() - t0
     ca = result["conditional_accuracy"]
-    _log(f"evaluate: conditional accuracy {ca['accuracy']['accuracy']:.3f} (chance {ca['chance']:.3f}; judge's "
-         f"accuracy on real test images {ca['real_test']['accuracy']:.3f})", quiet)
+    who = (f"independent grader {scored_by['arch']} seed {scored_by['seed']}" if grader is not None else "judge")
+    _log(f"evaluate: conditional accuracy {ca['accuracy']['accuracy']:.3f} by the {who} (chance {ca['chance']:.3f}; "
+         f"its accuracy on real test images {ca['real_test']['accuracy']:.3f})", quiet)
     real = getattr(splits, ev_cfg.real_split)
     ev = evaluate(real, synthetic, extractor, metrics=tuple(ev_cfg.metrics), n_boot=ev_cfg.n_boot, k=ev_cfg.k,
                   seed=seed, lpips=ev_cfg.lpips, lpips_weights_dir=ev_cfg.lpips_weights_dir,
@@ -234,8 +307,9 @@ def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judg
 
 
 def step_evaluate(cfg: RunConfig, out: Path, splits: DataSplits, synthetic: ImageDataset, judge, extractor,
-                  *, quiet: bool = False) -> dict:
-    result = evaluate_synthetic(splits, synthetic, cfg.evaluate, judge, extractor, out, seed=cfg.seed, quiet=quiet)
+                  *, grader=None, quiet: bool = False) -> dict:
+    result = evaluate_synthetic(splits, synthetic, cfg.evaluate, judge, extractor, out, seed=cfg.seed, grader=grader,
+                                quiet=quiet)
     _update_run_info(out, timings={"evaluate": result["seconds"]})
     if (out / "samples" / "images.npz").is_file():  # the set step_sample / step_select wrote
         record_evaluation_in_card(out / "samples", synthetic, result)
@@ -335,7 +409,7 @@ def step_downstream_experiment(cfg: RunConfig, out: Path, splits: DataSplits, de
     t0 = time.time()
     result = run_experiment(splits, protocols=d.protocols, synthetic_for=synthetic_for, repeats=repeats, cfg=d,
                             filters=d.filters, out_dir=exp_dir, device=device, progress=not quiet,
-                            reuse_generator=d.reuse_generator)
+                            reuse_generator=d.reuse_generator, tau=cfg.select.tau)
     _update_run_info(out, timings={"downstream_experiment": time.time() - t0})
     if not quiet:
         print(format_results_table(result["summary"]), flush=True)
@@ -472,6 +546,7 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             "overall": ca["accuracy"]["accuracy"],
             "per_class": {c: {"accuracy": e["accuracy"], "n": e["n"]} for c, e in ca["per_class"].items()},
             "chance": ca["chance"],
+            **({"scored_by": ca["scored_by"]} if ca.get("scored_by") else {}),
         }
     for key in ("selection", "evaluation", "memorisation"):
         if metrics.get(key):
@@ -542,14 +617,18 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
     if cfg.select.mode == "none":
         synthetic = step_sample(cfg, out, gen, counts, quiet=quiet)
     else:
-        synthetic, selection = step_select(cfg, out, gen, splits, extractor, counts, quiet=quiet)
+        synthetic, selection = step_select(cfg, out, gen, splits, extractor, counts, judge=judge, quiet=quiet)
         if len(synthetic) == 0:
             from synthmed.generators.base import GeneratorError
 
-            raise GeneratorError(f"the {cfg.select.mode} realism filter kept no synthetic image (threshold "
-                                 f"{cfg.select.threshold}); lower select.threshold, raise select.budget_factor, or "
+            what, knob = ((f"confidence filter (tau {cfg.select.tau})", "select.tau") if cfg.select.mode == "confidence"
+                          else (f"{cfg.select.mode} realism filter (threshold {cfg.select.threshold})",
+                                "select.threshold"))
+            raise GeneratorError(f"the {what} kept no synthetic image; lower {knob}, raise select.budget_factor, or "
                                  "train the generator longer (generator.train_steps)")
-    evaluation = step_evaluate(cfg, out, splits, synthetic, judge, extractor, quiet=quiet)
+    # the judge selected these images: an independent grader scores their conditional accuracy
+    grader = step_grader(cfg, splits, device, quiet=quiet) if cfg.select.mode == "confidence" else None
+    evaluation = step_evaluate(cfg, out, splits, synthetic, judge, extractor, grader=grader, quiet=quiet)
     down = step_downstream(cfg, out, splits, synthetic, device, gen.train_fingerprint, quiet=quiet)
     h = gen.history
     metrics = {
@@ -603,5 +682,5 @@ def load_run_generator(out: Path, device: str = "cpu"):
     return load_generator(out / "generator", device=device)
 
 
-__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_sample", "step_select", "step_evaluate",
+__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_grader", "step_sample", "step_select", "step_evaluate",
            "step_downstream", "step_report", "report_view", "load_run_generator"]

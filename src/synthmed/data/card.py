@@ -82,7 +82,7 @@ def build_card(meta: dict, set_info: dict, evaluation_summary: dict | None = Non
     if "seed" not in meta and selection_seed is not None:
         # generate-until-N-pass rounds: each round's seed is derived from this one
         sampling["seed"] = selection_seed
-        sampling["seed_note"] = "base seed of the realism-filter rounds (round r samples with a seed derived from it)"
+        sampling["seed_note"] = "base seed of the filter's generate-until rounds (round r samples with a seed derived from it)"
     return {
         "format": CARD_FORMAT,
         "synthmed_version": synthmed.__version__,
@@ -209,7 +209,12 @@ def render_card_md(card: dict) -> str:
         f"seed {_fmt(smp.get('seed'))}.",
     ]
     sel = card.get("selection")
-    if sel:
+    if sel and sel.get("mode") == "confidence":
+        who = sel.get("selector") or {}
+        lines.append(f"Confidence-filtered: kept when the judge ({who.get('arch')} seed {_fmt(who.get('seed'))}, weights "
+                     f"`{who.get('weights_hash')}`) gives the intended class p >= {_fmt(sel.get('tau'))}; that judge "
+                     "must not score this set's conditional accuracy (`synthmed evaluate` uses an independent grader).")
+    elif sel:
         lines.append(f"Realism-filtered: {', '.join(f'{k} {_fmt(v)}' for k, v in sel.items())}.")
     lines += ["", "## Evaluation", ""]
     lines += _evaluation_md(card.get("evaluation"))
@@ -238,7 +243,10 @@ def _evaluation_md(ev: dict | None) -> list[str]:
     ca = ev.get("conditional_accuracy")
     if ca:
         judge = ca.get("judge") or {}
-        out += ["", f"**Conditional accuracy** (a {judge.get('arch')} judge trained on {_fmt(judge.get('n_train'))} "
+        scored_by = ca.get("scored_by") or {}
+        who = (f"an independent {judge.get('arch')} judge, seed {_fmt(scored_by.get('seed'))}, not the classifier that "
+               "selected these images," if scored_by.get("role") == "independent grader" else f"a {judge.get('arch')} judge")
+        out += ["", f"**Conditional accuracy** ({who} trained on {_fmt(judge.get('n_train'))} "
                     f"real training images, {_fmt(judge.get('real_test_accuracy'))} accuracy on real test images; "
                     f"chance {_fmt(ca.get('chance'))}): {_interval(ca.get('overall'))} of {_fmt(ca.get('n'))} images "
                     "labelled as the class they were generated for.", "",

@@ -1,4 +1,4 @@
-"""The downstream experiment: every protocol x realism filter, repeated over data subsets and/or
+"""The downstream experiment: every protocol x filter (realism or confidence), repeated over data subsets and/or
 seeds, scored on the real test split, summarised with paired confidence intervals.
 
 A *cell* is one (repeat, protocol, filter). Within a repeat every cell shares the real
@@ -38,8 +38,11 @@ from synthmed.downstream.protocols import (NotEnoughSyntheticError, ProtocolOpti
 from synthmed.downstream.quick import LeakageError, check_no_leakage
 from synthmed.downstream.stats import mean_std, paired_difference
 from synthmed.files import atomic_write_text, json_default
+from synthmed.selection.confidence import DEFAULT_TAU
 
-FILTERS = ("none", "global", "class")
+#: "global"/"class": the realism filter; "confidence": p(intended class) >= tau under a classifier trained
+#: on the repeat's real subset (synthmed.selection.confidence)
+FILTERS = ("none", "global", "class", "confidence")
 REFERENCES = ("baseline", "traditional")
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "auc", "f1_macro", "sensitivity", "specificity")
 SCALAR_METRICS = HEADLINE_METRICS + ("precision_macro", "recall_macro")
@@ -89,13 +92,16 @@ def flat_metrics(m: dict) -> dict[str, float | None]:
     return out
 
 
-def _default_filter_fn(val: ImageDataset, cache_dir: Path, device: str) -> FilterFn:
+def _default_filter_fn(val: ImageDataset, cache_dir: Path, device: str, tau: float = DEFAULT_TAU) -> FilterFn:
     def filter_fn(synthetic: ImageDataset, real: ImageDataset, mode: str) -> tuple[ImageDataset, dict]:
         # imported here: only a run that filters needs the feature extractors
         from synthmed.features.domain import DomainExtractor
+        from synthmed.selection.confidence import confidence_filter
         from synthmed.selection.filter import filter_synthetic
 
         extractor = DomainExtractor(real, val, cache_dir=cache_dir, device=device)  # trained on this subset only
+        if mode == "confidence":  # the cell's classifier is scored on the real test labels, never by the selector
+            return confidence_filter(synthetic, extractor.classifier, tau, held_out=val)
         return filter_synthetic(synthetic, real, extractor, mode=mode)
 
     return filter_fn
@@ -170,15 +176,17 @@ def _run_cell(plan, splits: DataSplits, cfg: DownstreamConfig, seed: int, device
 def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_for: SyntheticFor,
                    repeats: Sequence[Repeat], cfg: DownstreamConfig, filters: Sequence[str] = ("none",),
                    filter_fn: FilterFn | None = None, out_dir: str | Path, device: str = "cpu",
-                   progress: bool = True, reuse_generator: bool = False, confidence: float = 0.95) -> dict:
+                   progress: bool = True, reuse_generator: bool = False, confidence: float = 0.95,
+                   tau: float = DEFAULT_TAU) -> dict:
     """Run (or resume) every (repeat, protocol, filter) cell; write ``results.json`` and
     ``results.csv`` to ``out_dir`` and return the results.
 
     ``repeats``: (repeat id, real training subset, seed) per repeat. ``synthetic_for(subset,
     i)`` returns the synthetic pool of repeat i and the fingerprint of the data its generator
     was trained on. ``filter_fn(synthetic, real_subset, mode)`` returns (kept, report); by
-    default the realism filter of :mod:`synthmed.selection.filter`. Protocols trained on real
-    images only are run once, with filter "none".
+    default the realism filter of :mod:`synthmed.selection.filter` ("global", "class") or the confidence
+    filter of :mod:`synthmed.selection.confidence` ("confidence", keeping p >= ``tau``). Protocols trained
+    on real images only are run once, with filter "none".
     """
     protocols = expand_protocols(list(protocols))
     unknown = [f for f in filters if f not in FILTERS]
@@ -192,7 +200,7 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
     _check_splits(splits, repeats)
 
     out_dir = Path(out_dir)
-    filter_fn = filter_fn or _default_filter_fn(splits.val, out_dir / "feature_cache", device)
+    filter_fn = filter_fn or _default_filter_fn(splits.val, out_dir / "feature_cache", device, tau)
     allowed_reused = {splits.train.fingerprint(), *(r[1].fingerprint() for r in repeats)}
     # what determines a cell's numbers (besides its repeat, protocol and filter); the generator is
     # recorded in the cell, not hashed, so resuming never has to re-run it just to compare
@@ -201,8 +209,9 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
 
     def cell_hash(i: int, p: str, f: str) -> str:
         rid, subset, seed = repeats[i]
+        # tau is hashed for the confidence filter only, so cells of the other filters keep their hash
         return _hash({**experiment_key, "repeat": str(rid), "seed": seed, "train": subset.fingerprint(),
-                      "protocol": p, "filter": f})
+                      "protocol": p, "filter": f, **({"tau": tau} if f == "confidence" else {})})
 
     def cell_path(rid, p: str, f: str) -> Path:
         return out_dir / "cells" / f"{_safe(rid)}__{_safe(p)}__{f}.json"
@@ -239,7 +248,7 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
             try:
                 plan = build_plan(p, subset, pool, ProtocolOptions(cfg.synthetic_ratio, tuple(cfg.augmentations), seed))
             except NotEnoughSyntheticError as e:
-                kept = "" if f == "none" else f" after the {f!r} realism filter kept {_counts(pool)}"
+                kept = "" if f == "none" else f" after the {f!r} filter kept {_counts(pool)}"
                 hint = ("" if f == "none" else
                         f"; raise downstream.oversample (now {cfg.oversample:g}) so that the pool is larger than "
                         "what the protocols need by the filter's rejection rate")

@@ -320,6 +320,8 @@ def card_summaries(result: dict, synthetic_fingerprint: str | None = None) -> tu
                           "n_train": ca["judge"]["n_train"], "real_test_accuracy": real.get("accuracy"),
                           "real_test_n": real.get("n")},
             }
+            if ca.get("scored_by"):  # which classifier scored it (an independent grader for a confidence-selected set)
+                summary["conditional_accuracy"]["scored_by"] = ca["scored_by"]
         if ev:
             ex = header.get("extractor") or {}
             summary["extractor"] = {key: ex.get(key) for key in ("name", "dim", "weights_hash", "input_policy",

@@ -114,6 +114,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+def _plain(v: Any) -> str:
+    """A value as it is written (a seed: 1001, not 1,001)."""
+    return "–" if v is None else str(v)
+
+
 def _num(v: Any, digits: int = 4) -> str:
     """Numbers for tables: thousands separators for counts, ~4 significant digits otherwise."""
     if v is None:
@@ -515,6 +520,19 @@ def _section_conditional_accuracy(ca: dict) -> str:
         judge_rows.append(("training split fingerprint", f'<span class="mono">{_e(judge["train_fingerprint"])}</span>'))
     if judge.get("real_test_accuracy") is not None:
         judge_rows.append(("judge accuracy on real test images", _frac(judge["real_test_accuracy"])))
+    scored_by = ca.get("scored_by") if isinstance(ca.get("scored_by"), Mapping) else {}
+    independence = ""
+    if scored_by.get("role") == "independent grader":
+        selector = scored_by.get("selector") if isinstance(scored_by.get("selector"), Mapping) else {}
+        judge_rows.append(("scored by", f"independent judge: {_e(scored_by.get('arch'))} seed "
+                                        f"{_e(_plain(scored_by.get('seed')))}, weights "
+                                        f'<span class="mono">{_e(scored_by.get("weights_hash"))}</span>'))
+        independence = (
+            f"<p><b>Scored by an independent judge ({_e(scored_by.get('arch'))} seed {_e(_plain(scored_by.get('seed')))}), "
+            f"not the selecting classifier</b> ({_e(selector.get('arch'))} seed {_e(_plain(selector.get('seed')))}, "
+            "which kept these images for its own confidence and would call nearly all of them correct). Both were "
+            "trained on the same real training split; the independent judge's own accuracy on real test images is "
+            "the reference below.</p>")
 
     rows = []
     chart_syn, chart_real, groups = [], [], []
@@ -550,7 +568,7 @@ def _section_conditional_accuracy(ca: dict) -> str:
                             if _is_number(chance) else None)
         chart = _figure(_inline_svg(svg), "Bars: fraction classified as the intended class. Dashed line: chance.")
     return ('<section id="conditional-accuracy"><h2>Are the synthetic images class-recognisable?</h2>'
-            + explain + (_kv_table(judge_rows) if judge_rows else "") + table + chart + "</section>")
+            + explain + independence + (_kv_table(judge_rows) if judge_rows else "") + table + chart + "</section>")
 
 
 def _mean_std(entry: Any) -> str:
@@ -887,6 +905,15 @@ def _section_selection(sel: dict) -> str:
     calibration = ("<p>The last column applies the same filter to real validation images: the rate a generator "
                    "indistinguishable from real data would get. A class where real images rarely pass is one the "
                    "filter cannot judge.</p>") if reference else ""
+    if sel.get("mode") == "confidence":
+        s = sel.get("selector") if isinstance(sel.get("selector"), Mapping) else {}
+        return ('<section id="selection"><h2>Confidence filtering</h2>'
+                f"<p>Kept when the judge ({_e(s.get('arch'))} seed {_e(_plain(s.get('seed')))}, trained on the real "
+                f"training split, weights <span class=\"mono\">{_e(s.get('weights_hash'))}</span>) gives the class "
+                f"an image was generated for a probability p ≥ {_num(sel.get('tau'))}. Only kept images are used "
+                "downstream. Because this classifier chose the images, their conditional accuracy is scored by an "
+                "independent judge (see below), never by it.</p>"
+                f"{table}{calibration}</section>")
     return ('<section id="selection"><h2>Realism filtering</h2>'
             f"<p>Mode <b>{_e(sel.get('mode'))}</b>, threshold R ≥ {_num(sel.get('threshold'))}, k = {_num(sel.get('k'))} "
             "(realism score of Kynkäänniemi et al. 2019). Only kept images are used downstream.</p>"
@@ -938,7 +965,7 @@ def render_report(results: dict, real: ImageDataset | None = None, synthetic: Im
     sections: list[tuple[str, str, Callable[[Any], str]]] = [
         ("generator", "generator training", _section_generator),
         ("sampling", "sampling", _section_sampling),
-        ("selection", "realism filtering", _section_selection),
+        ("selection", "filtering", _section_selection),
         ("conditional_accuracy", "conditional accuracy", _section_conditional_accuracy),
         ("evaluation", "distribution metrics", _section_evaluation),
         ("memorisation", "memorisation audit", _section_memorisation),

@@ -154,7 +154,12 @@ def recognisability_finding(ca: Mapping) -> dict:
     if not _num(overall) or not _num(chance):
         return {"status": "not run", "text": "Conditional accuracy was not computed."}
     real_overall = _get(ca, "real_test", "accuracy")
-    text = (f"The judge (trained on real training images only) labels {overall:.3f} of synthetic images as the "
+    scored_by = ca.get("scored_by") if isinstance(ca.get("scored_by"), Mapping) else {}
+    who = "The judge (trained on real training images only)"
+    if scored_by.get("role") == "independent grader":
+        who = (f"An independent judge ({scored_by.get('arch')} seed {scored_by.get('seed')}, trained on real training "
+               "images only; not the classifier that selected the images)")
+    text = (f"{who} labels {overall:.3f} of synthetic images as the "
             f"class they were generated for (chance {chance:.3f}"
             + (f"; it scores {real_overall:.3f} on real test images" if _num(real_overall) else "") + ").")
     out = {"status": "recognisable", "overall": float(overall), "chance": float(chance),
@@ -336,7 +341,12 @@ def run_warnings(metrics: Mapping, data: Mapping | None = None) -> list[str]:
         for c, r in (ref.get("per_class") or {}).items():
             if _num(r) and r < MIN_REAL_ACCEPTANCE:
                 low[f"class '{c}'"] = r
-        if low:
+        if low and sel.get("mode") == "confidence":
+            listed = ", ".join(f"{k} {v:.1%}" for k, v in low.items())
+            out.append(f"the confidence filter (tau {sel.get('tau')}) passes fewer than {MIN_REAL_ACCEPTANCE:.0%} of "
+                       f"real validation images ({listed}): the judge is rarely that sure even of real images, so its "
+                       "acceptance of synthetic ones says little; lower select.tau")
+        elif low:
             listed = ", ".join(f"{k} {v:.1%}" for k, v in low.items())
             out.append(f"the {sel.get('mode', '')} realism filter (threshold {sel.get('threshold')}) passes fewer "
                        f"than {MIN_REAL_ACCEPTANCE:.0%} of real validation images ({listed}): it rejects real images "

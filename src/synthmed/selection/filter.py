@@ -3,7 +3,8 @@
 ``filter_synthetic`` scores a finished synthetic set. ``generate_until`` asks a generator for more
 images, round after round and only for the classes still short, until every class has its requested
 number of accepted images or its generation budget is spent; the real features and k-NN radii are
-computed once and reused in every round.
+computed once and reused in every round. The loop itself, ``generate_until_accepted``, takes any
+per-batch accept function: the confidence filter (``synthmed.selection.confidence``) uses it too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -168,23 +169,27 @@ def _sample(generator, counts: np.ndarray, seed: int, guidance: float | None, pr
     return generator.sample(counts.tolist(), **kwargs)
 
 
-def generate_until(generator, real: ImageDataset, extractor, n_per_class: int | Sequence[int] | Mapping, *,
-                   mode: str = "class", threshold: float = 1.0, k: int = 3,
-                   robust_quantile: float | None = DEFAULT_ROBUST_QUANTILE, batch_per_class: int | None = None,
-                   budget_factor: float = 10, max_rounds: int = 100, guidance: float | None = None, seed: int = 0,
-                   held_out: ImageDataset | None = None, progress: bool = False) -> tuple[ImageDataset, dict]:
-    """Sample from ``generator`` until each class has ``n_per_class`` images with R >= ``threshold``,
-    or until ``budget_factor`` x its request has been generated for it.
+def generate_until_accepted(generator, class_names: list[str], n_per_class: int | Sequence[int] | Mapping,
+                            accept: Callable[[ImageDataset], tuple[np.ndarray, np.ndarray]], *,
+                            batch_per_class: int | None = None, budget_factor: float = 10, max_rounds: int = 100,
+                            guidance: float | None = None, seed: int = 0, template: ImageDataset | None = None,
+                            what: str = "selection", hint: str = "loosen the filter",
+                            progress: bool = False) -> tuple[ImageDataset, dict]:
+    """The generate-until loop every filter shares: sample from ``generator`` until each class has
+    ``n_per_class`` accepted images, or until ``budget_factor`` x its request has been generated for it.
 
+    ``accept(batch) -> (passed, scores)``: a boolean mask and the score it was read from, one per
+    image of the batch (the realism score R, a classifier's probability of the intended class, ...).
     Rounds sample only the classes still short, each round with its own seed derived from ``seed``.
     ``batch_per_class``: images per short class per round; None sizes each round from the acceptance
     rate seen so far (remaining / rate, with 20% margin), so easy classes finish in one or two rounds.
-    Returns ``(kept, report)``: kept holds exactly the requested number per class where reached;
-    ``report["shortfall"]`` maps each class that fell short to how many images it lacks.
-    ``held_out``: as in :func:`filter_synthetic`.
+    ``template``: a set of the same image shape, for an empty result when nothing was generated.
+    Returns ``(kept, report)``: kept holds exactly the requested number per class where reached (its
+    meta: the generator's sampling provenance); ``report`` has per_class (requested, generated,
+    accepted, kept, budget, acceptance_rate, shortfall), the totals, ``shortfall`` (class -> images
+    missing), ``rounds`` and a summary of the scores. ``what``/``hint`` word the shortfall warning.
     """
-    ref = _RealReference(real, extractor, mode=mode, k=k, robust_quantile=robust_quantile, progress=progress)
-    names = list(real.class_names)
+    names = list(class_names)
     if list(getattr(generator, "class_names", names) or names) != names:
         raise DataError(f"generator classes {generator.class_names} != real classes {names}")
     target = _targets(n_per_class, names)
@@ -209,12 +214,13 @@ def generate_until(generator, real: ImageDataset, extractor, n_per_class: int | 
         counts = np.where(active, np.minimum(np.maximum(want, 1), room), 0)
         round_seed = _round_seed(seed, r)
         syn = _sample(generator, counts, round_seed, guidance, progress)
+        template = syn
         gen_meta = gen_meta or {key: syn.meta[key] for key in ("generator", "train_fingerprint", "space", "sampler",
                                                                  "steps", "guidance", "train_class_counts",
                                                                  "train_steps", "generator_config") if key in syn.meta}
-        scores = ref.scores(syn)
-        passed = select(scores, threshold)
-        all_scores.append(scores)
+        passed, scores = accept(syn)
+        passed = np.asarray(passed, dtype=bool)
+        all_scores.append(np.asarray(scores, dtype=np.float64))
         round_info = {"round": r, "seed": round_seed, "requested": {}, "accepted": {}}
         for i, c in enumerate(names):
             m = syn.labels == i
@@ -228,14 +234,19 @@ def generate_until(generator, real: ImageDataset, extractor, n_per_class: int | 
                 kept_parts.append(syn.subset(take))
                 kept_n[i] += len(take)
         rounds.append(round_info)
-    kept = concat(kept_parts, name="synthetic-selected") if kept_parts else _empty_like(real, "synthetic-selected")
+    if kept_parts:
+        kept = concat(kept_parts, name="synthetic-selected")
+    elif template is not None:
+        kept = _empty_like(template, "synthetic-selected")
+    else:
+        raise ValueError("nothing was requested (n_per_class is 0 for every class) and no template set was given")
+    kept.class_names = names
     kept.synthetic = True
-    kept.meta = {**gen_meta, "selection": {"mode": mode, "threshold": threshold, "k": k,
-                                           "robust_quantile": robust_quantile, "seed": seed}}
+    kept.meta = dict(gen_meta)
     shortfall = {c: int(target[i] - kept_n[i]) for i, c in enumerate(names) if kept_n[i] < target[i]}
     if shortfall:
-        warnings.warn(f"realism selection fell short of the request after generating up to {budget_factor:g}x: "
-                      f"{shortfall} images missing; lower the threshold, raise budget_factor, or improve the generator")
+        warnings.warn(f"{what} fell short of the request after generating up to {budget_factor:g}x: "
+                      f"{shortfall} images missing; {hint}, raise budget_factor, or improve the generator")
     per_class = {
         c: {"requested": int(target[i]), "generated": int(generated[i]), "accepted": int(accepted[i]),
             "kept": int(kept_n[i]), "budget": int(budget[i]),
@@ -245,7 +256,6 @@ def generate_until(generator, real: ImageDataset, extractor, n_per_class: int | 
     }
     scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
     report = {
-        **ref.settings(threshold),
         "budget_factor": budget_factor,
         "seed": seed,
         "per_class": per_class,
@@ -257,9 +267,38 @@ def generate_until(generator, real: ImageDataset, extractor, n_per_class: int | 
         "rounds": rounds,
         "scores": score_summary(scores),
     }
+    return kept, report
+
+
+def generate_until(generator, real: ImageDataset, extractor, n_per_class: int | Sequence[int] | Mapping, *,
+                   mode: str = "class", threshold: float = 1.0, k: int = 3,
+                   robust_quantile: float | None = DEFAULT_ROBUST_QUANTILE, batch_per_class: int | None = None,
+                   budget_factor: float = 10, max_rounds: int = 100, guidance: float | None = None, seed: int = 0,
+                   held_out: ImageDataset | None = None, progress: bool = False) -> tuple[ImageDataset, dict]:
+    """Sample from ``generator`` until each class has ``n_per_class`` images with R >= ``threshold``,
+    or until ``budget_factor`` x its request has been generated for it (the loop of
+    :func:`generate_until_accepted`; the real features and k-NN radii are computed once).
+
+    Returns ``(kept, report)``: kept holds exactly the requested number per class where reached;
+    ``report["shortfall"]`` maps each class that fell short to how many images it lacks.
+    ``held_out``: as in :func:`filter_synthetic`.
+    """
+    ref = _RealReference(real, extractor, mode=mode, k=k, robust_quantile=robust_quantile, progress=progress)
+
+    def accept(syn: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+        scores = ref.scores(syn)
+        return select(scores, threshold), scores
+
+    kept, loop = generate_until_accepted(generator, list(real.class_names), n_per_class, accept,
+                                         batch_per_class=batch_per_class, budget_factor=budget_factor,
+                                         max_rounds=max_rounds, guidance=guidance, seed=seed, template=real,
+                                         what="realism selection", hint="lower the threshold", progress=progress)
+    kept.meta["selection"] = {"mode": mode, "threshold": threshold, "k": k, "robust_quantile": robust_quantile,
+                              "seed": seed}
+    report = {**ref.settings(threshold), **loop}
     if held_out is not None:
         report["real_val_acceptance"] = ref.held_out_acceptance(held_out, threshold)
     return kept, report
 
 
-__all__ = ["MODES", "filter_synthetic", "generate_until"]
+__all__ = ["MODES", "filter_synthetic", "generate_until", "generate_until_accepted", "held_out_acceptance"]
