@@ -253,8 +253,10 @@ def test_blurred_reconstructions_lose_accuracy_and_are_warned_about(judge):
     assert "\n" not in line
     metrics = {"generator": {"autoencoder": {"reconstruction_judge": res}}}
     assert line in run_warnings(metrics)
-    html = render_report({"title": "t", "generator": {"kind": "latent", "autoencoder": {"reconstruction_judge": res}}})
+    html = render_report({"title": "t", "generator": {"kind": "latent", "latent_shape": [4, 14, 14],
+                                                      "autoencoder": {"reconstruction_judge": res, "cache": "hit"}}})
     assert "autoencoder reconstructions, judged" in html and "most lost: class striped" in html
+    assert "4×14×14" in html and "autoencoder cache" in html
 
 
 def test_reconstructions_must_match_real_originals(judge):

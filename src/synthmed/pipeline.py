@@ -177,7 +177,7 @@ def step_reconstruction(out: Path, gen, splits: DataSplits, judge, *, quiet: boo
         ae["reconstruction_judge"] = res
         gen.save(out / "generator")
     _log(f"autoencoder: judge accuracy {res['accuracy_reconstructed']:.3f} on reconstructions of {res['n']} real "
-         f"validation images vs {res['accuracy_original']:.3f} on the originals ({-100 * res['drop']:+.1f} points)",
+         f"validation images vs {res['accuracy_original']:.3f} on the originals ({-100 * res['drop'] + 0.0:+.1f} points)",
          quiet)
     warning = reconstruction_warning(res)
     if warning:
@@ -482,6 +482,8 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             "train_seconds": g.get("train_seconds"), "images_per_second": g.get("images_per_second"),
             "loss_curve": g.get("loss_curve"), "train_fingerprint": g.get("train_fingerprint"),
             "autoencoder": g.get("autoencoder"), "config": cfg_dict.get("generator"),
+            **({"latent_shape": g["latent_shape"], "autoencoder_factor": g.get("autoencoder_factor")}
+               if g.get("latent_shape") else {}),
         }
     s = metrics.get("sampling")
     if s:

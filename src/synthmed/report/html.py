@@ -436,6 +436,7 @@ def _section_generator(g: dict) -> str:
     known = {
         "kind": ("generator", _e),
         "space": ("works in", _e),
+        "latent_shape": ("latent shape", lambda v: _e("×".join(str(d) for d in v))),
         "num_parameters": ("parameters", _count_params),
         "train_steps": ("training steps", _num),
         "train_seconds": ("training time", _seconds),
@@ -464,9 +465,9 @@ def _section_generator(g: dict) -> str:
                         key=lambda ce: -ce[1]["drop"], default=None)
             text = (f"judge accuracy {_num(judged['accuracy_reconstructed'])} on reconstructions vs "
                     f"{_num(judged.get('accuracy_original'))} on the originals "
-                    f"({_num(-100 * (judged.get('drop') or 0))} points; {_num(judged.get('n'))} real validation "
+                    f"({_num(-100 * (judged.get('drop') or 0) + 0.0)} points; {_num(judged.get('n'))} real validation "
                     f"images; same label {_num(judged.get('agreement'))})")
-            if worst is not None:
+            if worst is not None and worst[1]["drop"] > 0:
                 text += f"; most lost: class {_e(worst[0])} ({_num(-100 * worst[1]['drop'])} points)"
             rows.append(("autoencoder reconstructions, judged", text))
         for k, v in ae.items():
