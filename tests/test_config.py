@@ -7,7 +7,8 @@ from synthmed.config import ConfigError, load_config, preset_dict, preset_names,
 
 def test_every_preset_loads_and_validates():
     names = preset_names()
-    for key in ("demo", "blastdiffusion", "pcam-ddpm", "renal-ldm", "improve", "pixel28", "pixel32", "latent64"):
+    for key in ("demo", "blastdiffusion", "pcam-ddpm", "renal-ldm", "improve", "pixel28", "pixel32", "latent64",
+                "latent28", "latent28-f4"):
         assert key in names
     for name in names:
         cfg = load_config(preset=name)

@@ -139,7 +139,8 @@ def test_refuses_bad_training_data():
         make_gen(tiny_cfg(), ds).sample([1, 1, 1], progress=False)
 
 
-def test_latent_space_trains_autoencoder_and_reports_reconstruction():
+def test_latent_space_trains_autoencoder_and_reports_reconstruction(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the trained autoencoder is cached: not in ~/.cache
     ds = tiny_set(size=16)
     ae = AutoencoderConfig(block_out_channels=[16, 32], latent_channels=4, train_steps=30, batch_size=16)
     cfg = tiny_cfg(space="latent", block_out_channels=[32, 32], train_steps=10, autoencoder=ae)

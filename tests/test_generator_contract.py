@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from toydata import toy
 
-from synthmed.config import DiffusionConfig
+from synthmed.config import AutoencoderConfig, DiffusionConfig
 from synthmed.data.dataset import DataSplits
 from synthmed.downstream.quick import LeakageError, check_no_leakage
 from synthmed.generators.base import Generator, GeneratorError
@@ -26,8 +26,20 @@ TINY = {
     "diffusion-ddpm": (lambda steps: DiffusionConfig(formulation="ddpm", block_out_channels=[16, 16], lr=2e-3,
                                                     warmup_steps=2, batch_size=8, train_steps=steps, log_every=2,
                                                     sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
+    # latent space: a factor-2 autoencoder (8x8 -> 4x4x4 latents), trained once and cached per split
+    "diffusion-latent": (lambda steps: DiffusionConfig(
+        space="latent", block_out_channels=[16, 16], lr=2e-3, warmup_steps=2, batch_size=8, train_steps=steps,
+        log_every=2, sample_steps=3, checkpoint_every=steps // 2 or 1,
+        autoencoder=AutoencoderConfig(block_out_channels=[8, 8], latent_channels=4, train_steps=6, batch_size=8)),
+        "train_steps"),
 }
 CASES = sorted(TINY)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Networks a generator caches (the latent autoencoder) go to this test's own folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def make(case: str, train, steps: int = 8, seed: int = 0) -> Generator:

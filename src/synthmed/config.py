@@ -77,6 +77,9 @@ class AutoencoderConfig:
     lr: float = 1e-3
     batch_size: int = 64
     train_steps: int = 1500
+    #: keep the trained autoencoder in ~/.cache/synthmed/autoencoder (by split fingerprints, config and
+    #: seed) and load it instead of retraining on the same split; false always trains
+    cache: bool = True
 
 
 @dataclass
@@ -639,11 +642,57 @@ def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
                           "itself, which scores its own choice as correct; set evaluate.grader_seed_offset >= 1 "
                           "(default 1001) or evaluate.grader_arch to another architecture than evaluate.judge.arch")
     down = 2 ** (len(g.block_out_channels) - 1)
+    if for_training and g.space == "latent":
+        _check_latent_sizes(g, data.image_size, down)
     if for_training and g.space == "pixel" and data.image_size % down:
         raise ConfigError(
             f"data.image_size = {data.image_size} is not divisible by {down} "
             f"(the U-Net halves the image {len(g.block_out_channels) - 1} times); pick a multiple of {down}"
         )
+
+
+def _autoencoder_levels(ae: AutoencoderConfig) -> tuple[int, str] | None:
+    """(levels, where that number comes from) of the autoencoder ``ae`` describes; None when a
+    pretrained one has no readable config.json (its own loader reports that)."""
+    if not ae.pretrained_path:
+        return len(ae.block_out_channels), f"generator.autoencoder.block_out_channels = {_flow(ae.block_out_channels)}"
+    import json
+
+    try:
+        widths = json.loads((Path(ae.pretrained_path).expanduser() / "config.json").read_text())["block_out_channels"]
+        return len(widths), f"the pretrained autoencoder at {ae.pretrained_path} ({len(widths)} levels)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def _check_latent_sizes(g: DiffusionConfig, image_size: int, down: int) -> None:
+    """Latent space: the autoencoder must divide the image exactly (else its decoder returns
+    another size) and the U-Net must divide the latents (else its skip connections do not fit)."""
+    levels = _autoencoder_levels(g.autoencoder)
+    if levels is None:
+        return
+    n, where = levels
+    factor = 2 ** (n - 1)
+    if image_size % factor:
+        raise ConfigError(
+            f"data.image_size = {image_size} is not divisible by the autoencoder's factor {factor} ({where}: it "
+            f"halves the image {_times(n - 1)}); pick an image size that is a multiple of {factor} or an autoencoder "
+            "with fewer levels")
+    latent = image_size // factor
+    if latent % down:
+        fit = 1
+        while latent % (2 ** fit) == 0:
+            fit += 1
+        raise ConfigError(
+            f"generator.block_out_channels = {_flow(g.block_out_channels)}: the U-Net halves its input "
+            f"{_times(len(g.block_out_channels) - 1)}, but the latents are {latent}x{latent} (data.image_size "
+            f"{image_size} / autoencoder factor {factor} of {where}) and {latent} is not divisible by {down}; "
+            f"give the U-Net at most {fit} level{'s' if fit > 1 else ''} (e.g. {_flow(g.block_out_channels[:fit])}) "
+            "or use an autoencoder with another factor")
 
 
 def replace(cfg, **changes):

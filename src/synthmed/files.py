@@ -14,6 +14,13 @@ from pathlib import Path
 import numpy as np
 
 
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/synthmed`` (``~/.cache/synthmed``): where networks trained once per split are
+    kept (the judge under ``domain/``, latent autoencoders under ``autoencoder/``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "synthmed"
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, then rename: a killed run never
     leaves a half-written checkpoint behind."""

@@ -215,6 +215,33 @@ def _scorer_of_conditional_accuracy(synthetic: ImageDataset, judge, grader) -> t
     return scorer, record
 
 
+def step_reconstruction(out: Path, gen, splits: DataSplits, judge, *, quiet: bool = False) -> dict | None:
+    """Latent generators: the judge's accuracy on real validation images next to its accuracy on
+    their autoencoder reconstructions (:mod:`synthmed.metrics.reconstruction`), recorded in the
+    generator's history (``autoencoder.reconstruction_judge``) and saved with it. None when the
+    generator has no autoencoder or there is no validation split."""
+    from synthmed.metrics.reconstruction import reconstruction_judge_accuracy, reconstruction_warning
+
+    if len(splits.val) == 0:
+        return None
+    rec = gen.reconstruct(splits.val)
+    if rec is None:
+        return None
+    res = reconstruction_judge_accuracy(judge.classifier, splits.val, rec)
+    res["split"] = "val"
+    ae = gen.history.setdefault("autoencoder", {})
+    if isinstance(ae, dict):
+        ae["reconstruction_judge"] = res
+        gen.save(out / "generator")
+    _log(f"autoencoder: judge accuracy {res['accuracy_reconstructed']:.3f} on reconstructions of {res['n']} real "
+         f"validation images vs {res['accuracy_original']:.3f} on the originals ({-100 * res['drop'] + 0.0:+.1f} points)",
+         quiet)
+    warning = reconstruction_warning(res)
+    if warning:
+        _log(f"warning: {warning}", quiet)
+    return res
+
+
 def feature_extractor(cfg: RunConfig, judge, device: str):
     """The extractor named by ``evaluate.extractor``; "domain" is the judge itself."""
     from synthmed.features import get_extractor
@@ -529,6 +556,8 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             "train_seconds": g.get("train_seconds"), "images_per_second": g.get("images_per_second"),
             "loss_curve": g.get("loss_curve"), "train_fingerprint": g.get("train_fingerprint"),
             "autoencoder": g.get("autoencoder"), "config": cfg_dict.get("generator"),
+            **({"latent_shape": g["latent_shape"], "autoencoder_factor": g.get("autoencoder_factor")}
+               if g.get("latent_shape") else {}),
         }
     s = metrics.get("sampling")
     if s:
@@ -611,6 +640,7 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
     splits = step_data(cfg, out, download=download, quiet=quiet)
     gen = step_train(cfg, out, splits, device, resume=resume, quiet=quiet)
     judge = step_judge(cfg, splits, device, quiet=quiet)
+    step_reconstruction(out, gen, splits, judge, quiet=quiet)
     extractor = feature_extractor(cfg, judge, device)
     counts = sample_counts(cfg, splits.train)
     selection = None
@@ -684,3 +714,5 @@ def load_run_generator(out: Path, device: str = "cpu"):
 
 __all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_grader", "step_sample", "step_select", "step_evaluate",
            "step_downstream", "step_report", "report_view", "load_run_generator"]
+__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_sample", "step_select", "step_evaluate",
+           "step_downstream", "step_report", "report_view", "load_run_generator", "step_reconstruction"]

@@ -26,8 +26,9 @@ class FeatureExtractorError(ValueError):
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/synthmed`` (``~/.cache/synthmed``): where trained extractors are kept."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "synthmed"
+    from synthmed import files
+
+    return files.default_cache_dir()  # one definition, shared with the generators' autoencoder cache
 
 
 def file_sha256(path: str | os.PathLike, length: int = 16) -> str:

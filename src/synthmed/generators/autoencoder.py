@@ -3,11 +3,21 @@ local pretrained checkpoint (a Stable-Diffusion-style ``AutoencoderKL`` folder).
 
 Its reconstruction quality is measured on held-out real images *before* diffusion trains:
 a latent model can never be better than its decoder, and users should see that number first.
+
+A trained autoencoder is cached under ``~/.cache/synthmed/autoencoder`` (``$XDG_CACHE_HOME``) by
+the fingerprints of the training and validation splits, its config and the seed, so a rerun, a
+second run on the same split or a sweep of denoiser settings trains it once.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
 import time
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -15,7 +25,26 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from synthmed.config import AutoencoderConfig
+from synthmed.files import atomic_torch_save, default_cache_dir
 from synthmed.generators.networks import build_autoencoder, count_parameters
+
+#: format tag of a cached autoencoder file
+CACHE_FORMAT = "synthmed.autoencoder/1"
+
+
+def autoencoder_config_hash(cfg: AutoencoderConfig, image_size: int, channels: int) -> str:
+    """Hash of everything that changes the trained weights (``cache`` itself does not)."""
+    values = {k: v for k, v in asdict(cfg).items() if k != "cache"}
+    values.update(image_size=int(image_size), channels=int(channels), format=CACHE_FORMAT)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def autoencoder_cache_path(cfg: AutoencoderConfig, image_size: int, channels: int, train_fingerprint: str,
+                           val_fingerprint: str, seed: int, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/autoencoder/<train>-<val>-<config hash>-s<seed>.pt``."""
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "autoencoder"
+    return folder / (f"{train_fingerprint}-{val_fingerprint}-{autoencoder_config_hash(cfg, image_size, channels)}"
+                     f"-s{seed}.pt")
 
 
 class LatentAutoencoder:
@@ -43,7 +72,10 @@ class LatentAutoencoder:
         return (self.vae.config.latent_channels, s, s)
 
     def fit(self, x: torch.Tensor, x_val: torch.Tensor | None = None, *, seed: int = 0, progress: bool = True) -> dict:
-        """Train on images in [-1, 1] (N, C, H, W): L1 + MSE reconstruction + small KL term."""
+        """Train on images in [-1, 1] (N, C, H, W): L1 + MSE reconstruction + small KL term.
+
+        Batches, flips and the posterior samples all come from ``seed``, so the same seed on the
+        same images trains the same autoencoder (what the cache relies on)."""
         cfg = self.cfg
         g = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.lr)
@@ -60,7 +92,7 @@ class LatentAutoencoder:
             if torch.rand((), generator=g) < 0.5:
                 xb = xb.flip(-2)
             post = self.vae.encode(xb).latent_dist
-            z = post.sample(generator=None)
+            z = post.sample(generator=g)
             rec = self.vae.decode(z).sample
             kl = post.kl().mean() / (xb[0].numel())
             loss = F.l1_loss(rec, xb) + F.mse_loss(rec, xb) + cfg.kl_weight * kl
@@ -83,6 +115,69 @@ class LatentAutoencoder:
         if x_val is not None and len(x_val):
             self.history["reconstruction"] = self.reconstruction_quality(x_val)
         return self.history
+
+    def fit_or_load(self, x: torch.Tensor, x_val: torch.Tensor | None = None, *, train_fingerprint: str,
+                    val_fingerprint: str | None, seed: int = 0, progress: bool = True,
+                    cache_dir: str | os.PathLike | None = None) -> dict:
+        """:meth:`fit`, or load the autoencoder a previous fit on the same split (same validation
+        split, config and seed) left in the cache. ``history["cache"]`` says which: "hit", "miss"
+        (trained, then stored) or "off" (``cfg.cache`` false); an unreadable or mismatching cache
+        file is retrained (with a warning) and replaced."""
+        if not self.cfg.cache:
+            self.fit(x, x_val, seed=seed, progress=progress)
+            self.history["cache"] = "off"
+            return self.history
+        path = autoencoder_cache_path(self.cfg, self.image_size, self.channels, train_fingerprint,
+                                      val_fingerprint or "noval", seed, cache_dir)
+        if path.is_file() and self._load_cached(path, train_fingerprint, val_fingerprint or "noval"):
+            self.history.update(cache="hit", cache_file=str(path))
+            return self.history
+        self.fit(x, x_val, seed=seed, progress=progress)
+        self.history.update(cache="miss", cache_file=str(path))
+        try:
+            atomic_torch_save({"format": CACHE_FORMAT, "train_fingerprint": train_fingerprint,
+                               "val_fingerprint": val_fingerprint or "noval", "seed": seed,
+                               "config": asdict(self.cfg), "image_size": self.image_size,
+                               "channels": self.channels, **self._cpu_state()}, path)
+        except OSError as e:  # a read-only or full cache costs a retrain next time, nothing else
+            warnings.warn(f"could not store the trained autoencoder in the cache ({path}: {e}); it will be "
+                          "retrained next time")
+            self.history["cache"] = "miss (not stored)"
+        return self.history
+
+    def _load_cached(self, path: Path, train_fingerprint: str, val_fingerprint: str) -> bool:
+        """Load ``path`` into this autoencoder; False (weights untouched, a warning) when it is
+        unreadable or was made for other data or settings."""
+        before = copy.deepcopy(self.vae.state_dict())
+        try:
+            # weights_only: a cache file holds tensors and plain containers, never pickled code
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            expected = {"format": CACHE_FORMAT, "train_fingerprint": train_fingerprint,
+                        "val_fingerprint": val_fingerprint, "image_size": self.image_size,
+                        "channels": self.channels,
+                        "config": {k: v for k, v in asdict(self.cfg).items() if k != "cache"}}
+            found = {k: state.get(k) for k in expected}
+            found["config"] = {k: v for k, v in (state.get("config") or {}).items() if k != "cache"}
+            wrong = [k for k in expected if found[k] != expected[k]]
+            if wrong:
+                raise ValueError(f"made for other {', '.join(wrong)}")
+            self.load_state(state)
+        except Exception as e:  # noqa: BLE001 - a damaged cache entry is retrained, never fatal
+            self.vae.load_state_dict(before)
+            self.scaling_factor, self.history = 1.0, {}
+            warnings.warn(f"ignoring the cached autoencoder {path} ({type(e).__name__}: {e}); retraining it")
+            return False
+        return True
+
+    def _cpu_state(self) -> dict:
+        return {"vae": {k: v.detach().cpu() for k, v in self.vae.state_dict().items()},
+                "scaling_factor": self.scaling_factor, "history": self.history}
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """decode(encode(x)) in [-1, 1]: what the decoder makes of real images, clamped like samples."""
+        out = [self.decode(self.encode(x[i : i + batch_size])).clamp(-1, 1).cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(out) if out else x.new_zeros((0, *x.shape[1:]))
 
     @torch.no_grad()
     def reconstruction_quality(self, x: torch.Tensor, batch_size: int = 256) -> dict:

@@ -104,3 +104,9 @@ class Generator(ABC):
         """What the report and data cards say about this generator: ``kind``, a one-line ``summary``,
         ``num_parameters``, ``settings`` (its config), ``sampling`` defaults, ``train_fingerprint``,
         ``train_steps``, ``train_seconds``, ``images_per_second``."""
+
+    def reconstruct(self, ds: ImageDataset) -> ImageDataset | None:
+        """``ds`` passed through the generator's encoder and decoder (labels kept, flagged synthetic),
+        so a judge can say how much of what tells the classes apart survives it; None for generators
+        without one (pixel space)."""
+        return None

@@ -60,6 +60,7 @@ class DiffusionGenerator(Generator):
         self.seed = seed
         self.autoencoder: LatentAutoencoder | None = None
         if cfg.space == "latent":
+            torch.manual_seed(seed)  # its initial weights follow the seed too: it is cached by the seed
             self.autoencoder = LatentAutoencoder(cfg.autoencoder, image_size, channels, device)
             c, s, _ = self.autoencoder.latent_shape
             self.model_shape = (c, s, s)
@@ -96,10 +97,13 @@ class DiffusionGenerator(Generator):
         ae = self.autoencoder
         if not self.cfg.autoencoder.pretrained_path and not ae.history:
             x_val = val.to_tensor()[0] if val is not None and len(val) else None
+            val_fingerprint = val.fingerprint() if x_val is not None else None
             if x_val is None:
                 warnings.warn("no validation split: autoencoder reconstruction measured on training images")
                 x_val = x[: min(256, len(x))]
-            ae.fit(x, x_val, seed=self.seed, progress=progress)
+            # trained once per split: a second generator on the same split loads it from the cache
+            ae.fit_or_load(x, x_val, train_fingerprint=self.train_fingerprint or train.fingerprint(),
+                           val_fingerprint=val_fingerprint, seed=self.seed, progress=progress)
         elif not ae.history and val is not None and len(val):
             ae.history = {"reconstruction": ae.reconstruction_quality(val.to_tensor()[0]), "pretrained": True}
         variants = [x]
@@ -294,6 +298,17 @@ class DiffusionGenerator(Generator):
     def num_parameters(self) -> int:
         return count_parameters(self.unet)
 
+    @torch.no_grad()
+    def reconstruct(self, ds: ImageDataset) -> ImageDataset | None:
+        """``ds`` through the autoencoder and back (flagged synthetic, labels kept): what the decoder
+        can show of real images, for the judge to score; None in pixel space."""
+        if self.autoencoder is None:
+            return None
+        x, y = ds.to_tensor()
+        rec = self.autoencoder.reconstruct(x)
+        return ImageDataset.from_tensor(rec, y, ds.class_names, name=f"{ds.name} (autoencoder reconstructions)",
+                                        meta={"generator": self.kind, "reconstruction_of": ds.fingerprint()})
+
     def describe(self) -> dict:
         c = self.cfg
         objective = (f"EDM preconditioning (sigma_data {self.formulation.sigma_data})" if c.formulation == "edm" else
@@ -306,6 +321,8 @@ class DiffusionGenerator(Generator):
             "num_parameters": self.num_parameters, "settings": asdict(c), "sampling": self.sampling_defaults,
             "train_fingerprint": self.train_fingerprint, "train_steps": self.step,
             "train_seconds": h.get("train_seconds"), "images_per_second": h.get("images_per_second"),
+            **({"latent_shape": list(self.model_shape),
+                "autoencoder_factor": self.autoencoder.downsample_factor} if self.autoencoder else {}),
         }
 
     # ------------------------------------------------------------------ persistence

@@ -441,6 +441,7 @@ def _section_generator(g: dict) -> str:
     known = {
         "kind": ("generator", _e),
         "space": ("works in", _e),
+        "latent_shape": ("latent shape", lambda v: _e("×".join(str(d) for d in v))),
         "num_parameters": ("parameters", _count_params),
         "train_steps": ("training steps", _num),
         "train_seconds": ("training time", _seconds),
@@ -456,10 +457,24 @@ def _section_generator(g: dict) -> str:
             parts = []
             if rec.get("mse") is not None:
                 parts.append(f"MSE {_num(rec['mse'])}")
-            if rec.get("psnr") is not None:
-                parts.append(f"PSNR {_num(rec['psnr'])} dB")
-            parts += [f"{_e(k)} {_num(v)}" for k, v in rec.items() if k not in ("mse", "psnr")]
+            psnr = rec.get("psnr", rec.get("psnr_db"))
+            if psnr is not None:
+                parts.append(f"PSNR {_num(psnr)} dB")
+            parts += [f"{_e(k)} {_e(_num(v))}" for k, v in rec.items() if k not in ("mse", "psnr", "psnr_db", "note")]
             rows.append(("autoencoder reconstruction", ", ".join(parts)))
+        judged = ae.get("reconstruction_judge")
+        if isinstance(judged, Mapping) and judged.get("accuracy_reconstructed") is not None:
+            # the number that says whether the decoder keeps what tells the classes apart
+            worst = min(((c, e) for c, e in (judged.get("per_class") or {}).items()
+                         if isinstance(e, Mapping) and e.get("drop") is not None),
+                        key=lambda ce: -ce[1]["drop"], default=None)
+            text = (f"judge accuracy {_num(judged['accuracy_reconstructed'])} on reconstructions vs "
+                    f"{_num(judged.get('accuracy_original'))} on the originals "
+                    f"({_num(-100 * (judged.get('drop') or 0) + 0.0)} points; {_num(judged.get('n'))} real validation "
+                    f"images; same label {_num(judged.get('agreement'))})")
+            if worst is not None and worst[1]["drop"] > 0:
+                text += f"; most lost: class {_e(worst[0])} ({_num(-100 * worst[1]['drop'])} points)"
+            rows.append(("autoencoder reconstructions, judged", text))
         for k, v in ae.items():
             if k not in ("reconstruction", "loss_curve") and not isinstance(v, (Mapping, list)):
                 rows.append((f"autoencoder {k.replace('_', ' ')}", _e(_num(v))))

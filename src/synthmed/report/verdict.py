@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from synthmed.downstream.stats import paired_difference
+from synthmed.metrics.reconstruction import reconstruction_warning
 
 # Below these, a number still gets computed but the report says how little it means.
 MIN_TRAIN_PER_CLASS = 50
@@ -352,6 +353,9 @@ def run_warnings(metrics: Mapping, data: Mapping | None = None) -> list[str]:
                        f"than {MIN_REAL_ACCEPTANCE:.0%} of real validation images ({listed}): it rejects real images "
                        "too, so its acceptance of synthetic ones says little; lower select.threshold or use "
                        "select.mode global")
+    rec = reconstruction_warning(_get(metrics, "generator", "autoencoder", "reconstruction_judge"))
+    if rec:
+        out.append(rec)
     return out
 
 
