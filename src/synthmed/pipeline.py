@@ -110,11 +110,19 @@ def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, re
     train = splits.train
     gen = build_generator(cfg.generator, image_size=train.image_size, channels=train.channels,
                           class_names=train.class_names, device=device, seed=cfg.seed)
+    budget = getattr(cfg.generator, "budget_minutes", None)
+    steps = (f"up to {cfg.generator.train_steps} steps within {budget:g} min" if budget is not None
+             else f"{cfg.generator.train_steps} steps")
     _log(f"train: {gen.describe()['summary']}, {gen.num_parameters:,} parameters, "
-         f"{cfg.generator.train_steps} steps of batch {cfg.generator.batch_size} on {device}", quiet)
+         f"{steps} of batch {cfg.generator.batch_size} on {device}", quiet)
     hist = gen.fit(train, splits.val, resume=resume, checkpoint_dir=out / "checkpoints", progress=not quiet)
     gen.save(out / "generator")
-    _update_run_info(out, timings={"train": hist["train_seconds"]})
+    _update_run_info(out, timings={"train": hist["train_seconds"]},
+                     **({"training_budget": hist["budget"]} if hist.get("budget") else {}))
+    if hist.get("budget") and hist["budget"].get("seconds_per_step"):
+        b = hist["budget"]
+        _log(f"train: budget {b['budget_minutes']:g} min -> {b['chosen_steps']} of {b['train_steps_cap']} steps "
+             f"({b['seconds_per_step']:.3g} s/step measured over {b['measured_over_steps']} steps)", quiet)
     _log(f"train: done in {hist['train_seconds']:.0f} s ({hist['images_per_second']:.0f} images/s), "
          f"final loss {hist['loss_curve'][-1][1]:.4f}" if hist["loss_curve"] else "train: done", quiet)
     return gen
@@ -168,8 +176,40 @@ def feature_extractor(cfg: RunConfig, judge, device: str):
     return get_extractor(name, device=device)
 
 
+def step_choose_guidance(cfg: RunConfig, out: Path, gen, splits: DataSplits, judge, *,
+                         quiet: bool = False) -> dict | None:
+    """The guidance scale among ``generator.guidance_candidates`` with the highest conditional accuracy
+    x coverage on the REAL VALIDATION split (synthmed.metrics.guidance); None when no candidates are
+    set. The test split is never used: its fingerprint is passed only so that the choice refuses it."""
+    from synthmed.metrics.guidance import accuracy_times_coverage, choose_guidance
+
+    g = cfg.generator
+    candidates = getattr(g, "guidance_candidates", None)
+    if not candidates:
+        return None
+    result = choose_guidance(gen, splits.val, candidates, score=accuracy_times_coverage(judge, k=cfg.evaluate.k),
+                             per_class=g.guidance_samples_per_class, seed=cfg.seed + 2,
+                             forbidden={"test": splits.test.fingerprint(), "training": splits.train.fingerprint()},
+                             progress=not quiet)
+    _update_run_info(out, guidance_selection={k: result[k] for k in ("chosen", "criterion", "samples_per_class",
+                                                                     "real_split", "real_fingerprint")},
+                     timings={"choose_guidance": result["seconds"]})
+    table = ", ".join(f"{r['guidance']:g}: {r['score']:.3f}" for r in result["candidates"])
+    _log(f"guidance: {result['chosen']:g} chosen on the real validation split ({len(splits.val)} images; "
+         f"accuracy x coverage per scale {table}; {result['seconds']:.0f} s)", quiet)
+    return result
+
+
+def chosen_guidance(out: Path) -> float | None:
+    """The guidance scale a run chose on its validation split (run.json), None when it chose none."""
+    path = Path(out) / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    return (info.get("guidance_selection") or {}).get("chosen")
+
+
 def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, counts: list[int], *,
-                seed: int | None = None, quiet: bool = False) -> tuple[ImageDataset, dict]:
+                seed: int | None = None, quiet: bool = False,
+                guidance: float | None = None) -> tuple[ImageDataset, dict]:
     """Generate until ``counts`` images per class pass the realism filter (or the budget is spent)."""
     from synthmed.selection.filter import generate_until
 
@@ -178,8 +218,9 @@ def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, c
     # held_out: the real validation images under the same filter, what a perfect generator would get
     kept, report = generate_until(gen, splits.train, extractor, counts, mode=sel.mode, threshold=sel.threshold,
                                   k=sel.k, budget_factor=sel.budget_factor, seed=cfg.seed + 1 if seed is None else seed,
-                                  held_out=splits.val, progress=not quiet)
+                                  held_out=splits.val, progress=not quiet, guidance=guidance)
     kept.meta.update({"generator": gen.kind, **gen.sampling_defaults,
+                      **({"guidance": guidance} if guidance is not None else {}),
                       "train_fingerprint": gen.train_fingerprint, "seconds": time.time() - t0,
                       "images_per_second": report.get("generated_total", len(kept)) / max(time.time() - t0, 1e-9),
                       "selection": {"mode": sel.mode, "threshold": sel.threshold, "k": sel.k}})
@@ -455,10 +496,13 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             "train_seconds": g.get("train_seconds"), "images_per_second": g.get("images_per_second"),
             "loss_curve": g.get("loss_curve"), "train_fingerprint": g.get("train_fingerprint"),
             "autoencoder": g.get("autoencoder"), "config": cfg_dict.get("generator"),
+            "budget": g.get("budget"), "estimate": g.get("estimate"),
         }
     s = metrics.get("sampling")
     if s:
         view["sampling"] = s
+        if metrics.get("guidance_selection"):  # shown in the sampling section
+            view["sampling"] = {**s, "guidance_selection": metrics["guidance_selection"]}
     ca = metrics.get("conditional_accuracy")
     if ca:
         judge = ca["judge"]
@@ -537,12 +581,14 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
     gen = step_train(cfg, out, splits, device, resume=resume, quiet=quiet)
     judge = step_judge(cfg, splits, device, quiet=quiet)
     extractor = feature_extractor(cfg, judge, device)
+    guidance = step_choose_guidance(cfg, out, gen, splits, judge, quiet=quiet)
+    chosen = guidance["chosen"] if guidance else None
     counts = sample_counts(cfg, splits.train)
     selection = None
     if cfg.select.mode == "none":
-        synthetic = step_sample(cfg, out, gen, counts, quiet=quiet)
+        synthetic = step_sample(cfg, out, gen, counts, quiet=quiet, guidance=chosen)
     else:
-        synthetic, selection = step_select(cfg, out, gen, splits, extractor, counts, quiet=quiet)
+        synthetic, selection = step_select(cfg, out, gen, splits, extractor, counts, quiet=quiet, guidance=chosen)
         if len(synthetic) == 0:
             from synthmed.generators.base import GeneratorError
 
@@ -556,8 +602,9 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
         "generator": {
             **gen.describe(), "space": getattr(cfg.generator, "space", None), "loss_curve": h["loss_curve"],
             "precision": h.get("precision"), "frozen_parameters": h.get("frozen_parameters", []),
-            "autoencoder": h.get("autoencoder"),
+            "autoencoder": h.get("autoencoder"), "budget": h.get("budget"), "estimate": h.get("estimate"),
         },
+        **({"guidance_selection": guidance} if guidance else {}),
         "sampling": {
             "sampler": synthetic.meta["sampler"], "steps": synthetic.meta["steps"], "guidance": synthetic.meta["guidance"],
             "num_per_class": dict(zip(synthetic.class_names, synthetic.class_counts())),
@@ -603,5 +650,6 @@ def load_run_generator(out: Path, device: str = "cpu"):
     return load_generator(out / "generator", device=device)
 
 
-__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_sample", "step_select", "step_evaluate",
-           "step_downstream", "step_report", "report_view", "load_run_generator"]
+__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_choose_guidance", "chosen_guidance",
+           "step_sample", "step_select", "step_evaluate", "step_downstream", "step_report", "report_view",
+           "load_run_generator"]
