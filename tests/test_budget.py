@@ -33,9 +33,10 @@ def clock(monkeypatch):
     return fake
 
 
-def steps_take(gen, clock: FakeClock, seconds: float, stop_after: int | None = None):
-    """Every training step of ``gen`` takes ``seconds`` on the fake clock; with ``stop_after`` the
-    run is killed (KeyboardInterrupt) in the step after that many."""
+def steps_take(gen, clock: FakeClock, seconds, stop_after: int | None = None, first: float | None = None):
+    """Every training step of ``gen`` takes ``seconds`` on the fake clock (a number, or a function of
+    the step's number from 1; the first step ``first`` when given: one-time costs); with
+    ``stop_after`` the run is killed (KeyboardInterrupt) in the step after that many."""
     loss = gen.formulation.loss
     calls = [0]
 
@@ -43,7 +44,8 @@ def steps_take(gen, clock: FakeClock, seconds: float, stop_after: int | None = N
         calls[0] += 1
         if stop_after is not None and calls[0] > stop_after:
             raise KeyboardInterrupt
-        clock.t += seconds
+        clock.t += first if first is not None and calls[0] == 1 else (
+            seconds(calls[0]) if callable(seconds) else seconds)
         return loss(*args, **kwargs)
 
     gen.formulation.loss = timed
@@ -77,6 +79,9 @@ def test_step_timer_leaves_out_warmup_and_estimates_a_slow_step_at_once(clock):
     slow = runtime.StepTimer(warmup=2, timed_steps=5, min_seconds=10)
     clock.t += 180.0  # one 3-minute step is measurement enough: no need to wait for more
     assert slow.tick() and slow.seconds_per_step == 180.0 and slow.measured_over == 1
+    exact = runtime.StepTimer(warmup=2, timed_steps=5, min_seconds=10, exact=True)  # for a budget: never
+    clock.t += 180.0
+    assert not exact.tick() and exact.seconds_per_step is None
 
 
 def test_format_duration_reads_like_a_person_would_say_it():
@@ -102,6 +107,42 @@ def test_budget_sets_the_steps_from_the_measured_speed_and_stops_there(clock):
     # the warm-up follows the chosen steps: the run ends at the full learning rate, not a third of it
     assert b["warmup_steps"] <= b["chosen_steps"] // 10
     assert gen._sched_state["_last_lr"][0] == pytest.approx(2e-3)
+
+
+def test_a_slow_first_step_does_not_cut_a_budgeted_run_short(clock):
+    train = toy(6, seed=0)
+    gen = tiny(train, budget_minutes=1.0)
+    steps_take(gen, clock, 2.0, first=20.0)  # one-time costs in the first step
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hist = gen.fit(train, progress=False)
+    # measured on the later steps (2 s each): (60 - 20 - 2) s left after the first step -> about 20 steps
+    assert hist["budget"]["seconds_per_step"] == pytest.approx(2.0)
+    assert 19 <= gen.step == hist["budget"]["chosen_steps"] <= 21
+
+
+def test_a_run_that_slows_down_stops_at_the_budget_and_stays_stopped_on_resume(clock, tmp_path):
+    train = toy(6, seed=0)
+    gen = tiny(train, budget_minutes=1.0, checkpoint_every=5)
+    steps_take(gen, clock, lambda i: 2.0 if i <= 10 else 10.0)  # the machine gets 5x slower after step 10
+    start = clock.t
+    caught, seen = record()
+    try:
+        hist = gen.fit(train, checkpoint_dir=tmp_path, progress=False)
+    finally:
+        caught.__exit__(None, None, None)
+    b = hist["budget"]
+    assert gen.step == b["stopped_at_step"] < b["chosen_steps"]  # planned ~30 at 2 s/step, stopped sooner
+    assert 60 <= clock.t - start < 60 + 10 and b["seconds_spent"] == pytest.approx(clock.t - start)
+    assert sum(f"the time is up at step {gen.step}" in str(w.message) for w in seen) == 1
+    resumed = tiny(train, budget_minutes=1.0, checkpoint_every=5)
+    steps_take(resumed, clock, 0.1)
+    caught, seen = record()
+    try:
+        resumed.fit(train, checkpoint_dir=tmp_path, progress=False)
+    finally:
+        caught.__exit__(None, None, None)
+    assert resumed.step == gen.step and not [w for w in seen if "budget" in str(w.message)]
 
 
 def test_a_budget_larger_than_needed_trains_train_steps_and_says_nothing(clock):

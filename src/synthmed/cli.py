@@ -573,7 +573,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     """Each warning as one line ``warning: <message>`` on stderr: no source path, no code line."""
     text = " ".join(str(message).split())
     kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
-    print(f"warning: {kind}{text}", file=file or sys.stderr, flush=True)
+    from tqdm.auto import tqdm
+
+    # a warning given during training (a time estimate) gets its own line above the progress bar
+    tqdm.write(f"warning: {kind}{text}", file=file or sys.stderr)
 
 
 @contextlib.contextmanager

@@ -88,15 +88,17 @@ class StepTimer:
     ends, and :attr:`seconds_per_step` holds the figure from then on. The first ``warmup`` steps are
     left out (one-time costs), unless a single step took ``min_seconds`` or more: then those costs
     are small beside it, and waiting for more steps would only delay the estimate (a 3-minute step
-    is estimated after one step, not after an hour). The measurement ends after ``timed_steps``
+    is estimated after one step, not after an hour). ``exact`` always leaves them out: for a time
+    budget, where one slow first step would cut the run short. The measurement ends after ``timed_steps``
     timed steps or once they took ``min_seconds``, whichever comes first. Only :data:`clock` is
     read, once at the start and once per tick. On a GPU the loops call ``loss.item()`` every
     step, which waits for the device, so the clock sees the real step time.
     """
 
     def __init__(self, *, warmup: int = TIMING_WARMUP_STEPS, timed_steps: int = TIMING_STEPS,
-                 min_seconds: float = TIMING_MIN_SECONDS):
+                 min_seconds: float = TIMING_MIN_SECONDS, exact: bool = False):
         self.warmup, self.timed_steps, self.min_seconds = warmup, max(1, timed_steps), min_seconds
+        self.exact = exact
         #: ``last``: the clock at the last tick (the start before the first)
         self.start = self.last = clock()
         self.ticks = 0
@@ -116,7 +118,7 @@ class StepTimer:
         self.ticks += 1
         if self.seconds_per_step is not None:
             return False
-        if self.ticks <= self.warmup and dt < self.min_seconds:
+        if self.ticks <= self.warmup and (self.exact or dt < self.min_seconds):
             return False
         self._timed_n += 1
         self._timed_s += dt

@@ -59,11 +59,19 @@ class LatentAutoencoder:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.train_steps, 1), eta_min=cfg.lr * 0.1)
         self.vae.train()
         curve, running, t0 = [], 0.0, time.time()
-        total, budget, estimate = cfg.train_steps, self.time_budget_seconds, None
-        timer = runtime.StepTimer()
+        budget_s, total, done = self.time_budget_seconds, cfg.train_steps, 0
+        decision: dict | None = None if budget_s is None else {
+            "budget_seconds": budget_s, "seconds_per_step": None, "chosen_steps": None, "train_steps_cap": cfg.train_steps}
+        estimate = None
+        timer = runtime.StepTimer(exact=budget_s is not None)
         bar = tqdm(range(cfg.train_steps), desc="autoencoder", disable=not progress, leave=False)
         for step in bar:
             if step >= total:
+                break
+            if budget_s is not None and timer.elapsed >= budget_s:
+                decision["stopped_at_step"] = step  # slower than measured at the start: the budget still holds
+                warnings.warn(f"generator.budget_minutes: the autoencoder's share of the budget is up at step {step} "
+                              f"of the {total} planned (the steps got slower than measured at the start); stopped there")
                 break
             idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=g)
             xb = x[idx].to(self.device)
@@ -82,10 +90,11 @@ class LatentAutoencoder:
             opt.step()
             sched.step()
             running += loss.item()
+            done = step + 1
             if timer.tick():
-                if budget is not None:
-                    budget = self._choose_steps(timer, budget, step + 1)
-                    total = budget["chosen_steps"]
+                if decision is not None:
+                    decision = self._choose_steps(timer, budget_s, done)
+                    total = decision["chosen_steps"]
                     # the recursive cosine goes on from the present lr and reaches eta_min at the new end
                     sched.T_max = max(total, 1)
                     bar.total = total
@@ -108,13 +117,10 @@ class LatentAutoencoder:
         with torch.no_grad():
             z = self.encode_raw(x[: min(len(x), 2048)])
             self.scaling_factor = float(1.0 / z.flatten().std().clamp_min(1e-6))
-        self.history = {"loss_curve": curve, "train_seconds": time.time() - t0, "train_steps": total,
+        self.history = {"loss_curve": curve, "train_seconds": time.time() - t0, "train_steps": done,
                         "num_parameters": count_parameters(self.vae)}
-        if isinstance(budget, dict):
-            self.history["budget"] = budget
-        elif budget is not None:  # too few steps to measure: all of them ran
-            self.history["budget"] = {"budget_seconds": budget, "chosen_steps": cfg.train_steps,
-                                      "train_steps_cap": cfg.train_steps, "seconds_per_step": None}
+        if decision is not None:  # chosen_steps None: the run ended before its speed was measured
+            self.history["budget"] = decision
         if estimate is not None:
             self.history["estimate"] = estimate
         if x_val is not None and len(x_val):

@@ -145,10 +145,12 @@ class DiffusionGenerator(Generator):
         cfg, dev = self.cfg, self.device
         budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes is not None else None
         fit_start = runtime.clock()  # the budget covers the autoencoder and the latent encoding too
-        spent_before = self.history.get("train_seconds", 0.0)
-        if self.autoencoder is not None:
-            if self.autoencoder.history:
+        spent_before = (self.history.get("budget") or {}).get("seconds_spent")  # by the budget's clock, if resumed
+        if spent_before is None:
+            spent_before = self.history.get("train_seconds", 0.0)
+            if self.autoencoder is not None and self.autoencoder.history:
                 spent_before += self.autoencoder.history.get("train_seconds", 0.0)
+        if self.autoencoder is not None:
             self.autoencoder.time_budget_seconds = None if budget_s is None else budget_s * AUTOENCODER_BUDGET_SHARE
         data, labels, n_variants = self._training_tensors(train, val, progress)
         if n_variants is None:
@@ -174,8 +176,15 @@ class DiffusionGenerator(Generator):
         self.unet.train()
         t_start, running, run_n = time.time(), 0.0, 0
         bar = tqdm(total=total, initial=self.step, desc="diffusion", disable=not progress)
-        first_step, timer = self.step, runtime.StepTimer()
+        first_step, timer = self.step, runtime.StepTimer(exact=not decided)
+
+        def spent() -> float:  # seconds of the budget used so far, by the budget's clock
+            return spent_before + (timer.last - fit_start)
+
         while self.step < total:
+            if budget_s is not None and spent() >= budget_s:
+                self._stop_at_deadline(total)  # the machine got slower than measured: the budget still holds
+                break
             idx = torch.randint(0, n, (bs,), generator=gen)
             y = labels[idx]
             if n_variants is None:
@@ -213,7 +222,7 @@ class DiffusionGenerator(Generator):
             run_n += 1
             if timer.tick():
                 if not decided:
-                    total = self._choose_steps(timer, budget_s - spent_before - (timer.last - fit_start))
+                    total = self._choose_steps(timer, budget_s - spent())
                     warmup[0] = self.history["budget"]["warmup_steps"]
                     decided = True
                     bar.total = total
@@ -226,14 +235,15 @@ class DiffusionGenerator(Generator):
                 running, run_n = 0.0, 0
             bar.update(1)
             if ckpt is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                if budget_s is not None:
+                    self._budget_record()["seconds_spent"] = spent()
                 self._opt_state, self._sched_state, self._rng_state = opt.state_dict(), lr_sched.state_dict(), gen.get_state()
                 self.history["train_seconds"] += time.time() - t_start
                 t_start = time.time()
                 self._save_checkpoint(ckpt)
         bar.close()
-        if not decided:  # the run ended before its speed was measured: all train_steps ran
-            self.history["budget"] = {"budget_minutes": cfg.budget_minutes, "seconds_per_step": None,
-                                      "chosen_steps": None, "train_steps_cap": cfg.train_steps}
+        if budget_s is not None:  # chosen_steps stays None when the run ended before its speed was measured
+            self._budget_record()["seconds_spent"] = spent()
         self.unet.eval()
         self.history["train_seconds"] += time.time() - t_start
         self._opt_state, self._sched_state, self._rng_state = opt.state_dict(), lr_sched.state_dict(), gen.get_state()
@@ -278,10 +288,10 @@ class DiffusionGenerator(Generator):
         cfg, sps = self.cfg, timer.seconds_per_step
         total = min(cfg.train_steps, self.step + runtime.steps_within(seconds_left, sps))
         self.history["budget"] = {
-            "budget_minutes": cfg.budget_minutes, "seconds_per_step": sps, "measured_over_steps": timer.measured_over,
+            **self._budget_record(), "budget_minutes": cfg.budget_minutes, "seconds_per_step": sps, "measured_over_steps": timer.measured_over,
             "decided_at_step": self.step, "seconds_left_at_decision": max(0.0, seconds_left),
             "chosen_steps": total, "train_steps_cap": cfg.train_steps, "warmup_steps": self._budget_warmup(total),
-            "estimated_seconds": sps * total,
+            "estimated_seconds": sps * total, "stopped_at_step": None,
         }
         if total < cfg.train_steps:
             warnings.warn(
@@ -290,6 +300,18 @@ class DiffusionGenerator(Generator):
                 f"the budget left at step {self.step}); raise the budget, or make steps cheaper (a smaller "
                 "generator.block_out_channels, --device cuda) for more")
         return total
+
+    def _budget_record(self) -> dict:
+        """history["budget"] (what the budget decided, and the seconds it spent), made before the decision."""
+        return self.history.setdefault("budget", {"budget_minutes": self.cfg.budget_minutes, "chosen_steps": None,
+                                                  "train_steps_cap": self.cfg.train_steps, "seconds_per_step": None})
+
+    def _stop_at_deadline(self, planned: int) -> None:
+        budget = self._budget_record()
+        if budget.get("stopped_at_step") is None:  # said once, not again on every resume
+            warnings.warn(f"generator.budget_minutes = {self.cfg.budget_minutes:g}: the time is up at step {self.step} "
+                          f"of the {planned} planned (the steps got slower than measured at the start); stopped there")
+        budget["stopped_at_step"] = self.step
 
     def _warn_if_long(self, timer: runtime.StepTimer, steps: int) -> None:
         sps = timer.seconds_per_step

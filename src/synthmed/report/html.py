@@ -485,7 +485,10 @@ def _timing_rows(budget: Any, estimate: Any, prefix: str) -> list[tuple[str, str
                     f"steps, from {_num(budget['seconds_per_step'], 3)} s/step measured over "
                     f"{_num(budget.get('measured_over_steps'))} steps")
         else:
-            text = f"{limit}: the run ended before its speed was measured (all steps ran)"
+            text = f"{limit}: the run ended before its speed was measured"
+        if budget.get("stopped_at_step") is not None:
+            text += (f"; the time was up at step {_num(budget['stopped_at_step'])} (the steps got slower than "
+                     "measured), training stopped there")
         rows.append((f"{prefix}time budget", _e(text)))
     if isinstance(estimate, Mapping) and estimate.get("seconds_per_step"):
         rows.append((f"{prefix}estimate after the first steps",
