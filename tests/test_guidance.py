@@ -61,10 +61,15 @@ def test_picks_the_highest_score_records_every_candidate_and_uses_only_val():
     assert out["samples_per_class"] == 7 and out["real_split"] == "val" and out["criterion"] == G.CRITERION
 
 
-def test_equal_scores_go_to_the_smaller_scale():
+def test_equal_scores_go_to_the_smaller_scale_and_a_best_at_the_end_of_the_range_is_flagged():
     s = splits()
     out = G.choose_guidance(FakeGenerator(s.train), s.val, [3.0, 1.0, 2.0], score=lambda syn, real: {"score": 0.5})
-    assert out["chosen"] == 1.0
+    assert out["chosen"] == 1.0 and not out["at_edge"]  # 1 is plain conditional sampling, a natural end
+    rising = G.choose_guidance(FakeGenerator(s.train), s.val, [1.0, 2.0, 3.0],
+                               score=lambda syn, real: {"score": syn.meta["guidance"] / 10})
+    assert rising["chosen"] == 3.0 and rising["at_edge"]
+    assert "widen generator.guidance_candidates" in pipeline._guidance_warnings(rising)[0]
+    assert not out["at_edge"] and pipeline._guidance_warnings(out) == []
 
 
 def test_refuses_the_test_split_the_training_split_and_synthetic_images():
@@ -120,3 +125,31 @@ def test_report_shows_the_candidates_and_the_choice():
     html = render_report({"sampling": {"sampler": "ddim", "steps": 10, "guidance": 1.5, "guidance_selection": sel}})
     assert "Guidance chosen on validation data" in html and "1.5 (chosen)" in html and "0.630" in html
     assert "chosen on the validation split" in html and "could not be drawn" not in html
+
+
+def test_a_run_chooses_guidance_on_val_samples_with_it_and_reports_it(tmp_path):
+    from test_cli import TINY
+
+    from synthmed.cli import main
+    from synthmed.data.export import load_image_set
+
+    argv = ["demo", "--out", str(tmp_path), "--name", "g", "--quiet", *TINY, "--set", "generator.budget_minutes=5",
+            "--set", "generator.guidance_candidates=[1.0,2.0,4.0]", "--set", "generator.guidance_samples_per_class=4"]
+    assert main(argv) == 0
+    run = tmp_path / "g"
+    metrics = json.loads((run / "metrics.json").read_text())
+    sel = metrics["guidance_selection"]
+    assert [r["guidance"] for r in sel["candidates"]] == [1.0, 2.0, 4.0]
+    assert sel["chosen"] == max(sel["candidates"], key=lambda r: r["score"])["guidance"]
+    data = json.loads((run / "data.json").read_text())
+    assert sel["real_fingerprint"] == data["val"]["fingerprint"] != data["test"]["fingerprint"]
+    assert metrics["sampling"]["guidance"] == sel["chosen"] == load_image_set(run / "samples").meta["guidance"]
+    assert metrics["generator"]["budget"]["budget_minutes"] == 5.0  # 6 steps: all of them fit
+    html = (run / "report.html").read_text()
+    assert "Guidance chosen on validation data" in html and "time budget" in html
+    # `synthmed sample` on the run uses the chosen scale unless told otherwise
+    assert main(["sample", str(run), "--per-class", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert load_image_set(tmp_path / "s").meta["guidance"] == sel["chosen"]
+    assert main(["sample", str(run), "--per-class", "1", "--guidance", "1.5", "--out", str(tmp_path / "t"),
+                 "--quiet"]) == 0
+    assert load_image_set(tmp_path / "t").meta["guidance"] == 1.5

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import synthmed
@@ -197,6 +198,8 @@ def step_choose_guidance(cfg: RunConfig, out: Path, gen, splits: DataSplits, jud
     table = ", ".join(f"{r['guidance']:g}: {r['score']:.3f}" for r in result["candidates"])
     _log(f"guidance: {result['chosen']:g} chosen on the real validation split ({len(splits.val)} images; "
          f"accuracy x coverage per scale {table}; {result['seconds']:.0f} s)", quiet)
+    for w in _guidance_warnings(result):
+        warnings.warn(w)
     return result
 
 
@@ -613,7 +616,8 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
         **({"selection": selection} if selection else {}),
         **{k: v for k, v in evaluation.items() if k != "seconds"},
         "downstream": down,
-        "warnings": data_warnings(splits) + _generator_warnings(h) + _evaluation_warnings(evaluation),
+        "warnings": data_warnings(splits) + _generator_warnings(h) + _guidance_warnings(guidance)
+        + _evaluation_warnings(evaluation),
     }
     _add_findings(metrics, json.loads((out / "data.json").read_text()))
     atomic_write_json(metrics, out / "metrics.json")
@@ -636,6 +640,15 @@ def _evaluation_warnings(evaluation: dict) -> list[str]:
         o = audit["overall"]
         return [f"memorisation audit: {o['n_flagged']} of {o['n']} synthetic images are near-copies of training "
                 "images (see the memorisation section)"]
+    return []
+
+
+def _guidance_warnings(selection: dict | None) -> list[str]:
+    if selection and selection.get("at_edge"):
+        scales = [r["guidance"] for r in selection["candidates"]]
+        return [f"guidance {selection['chosen']:g} scored best on the validation split but is the end of the range "
+                f"tried ({min(scales):g}-{max(scales):g}): a scale beyond it may score higher; widen "
+                "generator.guidance_candidates"]
     return []
 
 

@@ -62,7 +62,10 @@ def choose_guidance(generator, real_val: ImageDataset, candidates: Sequence[floa
     what was tried and chosen::
 
         {"chosen": w, "criterion": ..., "candidates": [{"guidance", "score", ..., "seconds"}, ...],
-         "samples_per_class", "seed", "real_split": "val", "real_fingerprint", "num_real", "seconds"}
+         "samples_per_class", "seed", "real_split": "val", "real_fingerprint", "num_real", "at_edge", "seconds"}
+
+    ``at_edge``: the chosen scale is the smallest or largest candidate (other than 1, which is plain
+    conditional sampling), so one beyond the range might score higher.
 
     ``forbidden``: {split name: fingerprint} of real splits the choice must never see (the pipeline
     passes the test and training splits); ``real_val`` being one of them is an error, as is a
@@ -91,9 +94,11 @@ def choose_guidance(generator, real_val: ImageDataset, candidates: Sequence[floa
         result = dict(score(syn, real_val))
         rows.append({"guidance": w, **result, "seconds": time.time() - t})
     best = max(rows, key=lambda r: r["score"])  # max keeps the first of equal scores: the smaller scale
+    # the best at the end of the range: a scale beyond it might score higher still
+    at_edge = len(scales) > 1 and best["guidance"] in (scales[0], scales[-1]) and best["guidance"] != 1.0
     return {"chosen": best["guidance"], "criterion": criterion, "candidates": rows, "samples_per_class": int(per_class),
             "seed": seed, "real_split": "val", "real_fingerprint": fp, "num_real": len(real_val),
-            "seconds": time.time() - t0}
+            "at_edge": at_edge, "seconds": time.time() - t0}
 
 
 __all__ = ["CRITERION", "accuracy_times_coverage", "choose_guidance"]

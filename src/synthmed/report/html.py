@@ -509,6 +509,9 @@ def _section_guidance_selection(sel: Mapping) -> str:
              f"(the same noise for every scale) and scored by {_e(sel.get('criterion'))}, against the "
              f"{_e(_num(sel.get('num_real')))} real validation images. The test split was not used. The judge that "
              "scores them was early-stopped on the same validation split.</p>")
+    if sel.get("at_edge"):
+        intro += ("<p><b>The chosen scale is the end of the range tried</b>: a scale beyond it may score higher; "
+                  "widen <code>generator.guidance_candidates</code>.</p>")
     table = _table(["guidance", "conditional accuracy", "coverage", "score", "time"], rows, numeric={1, 2, 3, 4})
     return f"<h3>Guidance chosen on validation data</h3>{intro}{table}"
 
