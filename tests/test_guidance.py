@@ -97,6 +97,7 @@ def test_pipeline_step_chooses_on_val_and_records_it_in_the_run(tmp_path, monkey
     # off unless asked for
     off = load_config(overrides={"generator": {"guidance_candidates": []}})
     assert pipeline.step_choose_guidance(off, tmp_path, FakeGenerator(s.train), s, judge=None, quiet=True) is None
+    assert pipeline.chosen_guidance(tmp_path) is None  # the earlier choice no longer holds for `synthmed sample`
 
 
 def test_accuracy_times_coverage_prefers_real_looking_images_to_noise(tmp_path):

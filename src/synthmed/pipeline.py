@@ -187,6 +187,8 @@ def step_choose_guidance(cfg: RunConfig, out: Path, gen, splits: DataSplits, jud
     g = cfg.generator
     candidates = getattr(g, "guidance_candidates", None)
     if not candidates:
+        if chosen_guidance(out) is not None:  # a rerun without candidates: an earlier choice no longer holds
+            _update_run_info(out, guidance_selection=None)
         return None
     result = choose_guidance(gen, splits.val, candidates, score=accuracy_times_coverage(judge, k=cfg.evaluate.k),
                              per_class=g.guidance_samples_per_class, seed=cfg.seed + 2,
