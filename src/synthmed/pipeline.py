@@ -122,8 +122,9 @@ def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, re
                      **({"training_budget": hist["budget"]} if hist.get("budget") else {}))
     if hist.get("budget") and hist["budget"].get("seconds_per_step"):
         b = hist["budget"]
+        stopped = f", stopped at step {b['stopped_at_step']} when the time was up" if b.get("stopped_at_step") else ""
         _log(f"train: budget {b['budget_minutes']:g} min -> {b['chosen_steps']} of {b['train_steps_cap']} steps "
-             f"({b['seconds_per_step']:.3g} s/step measured over {b['measured_over_steps']} steps)", quiet)
+             f"({b['seconds_per_step']:.3g} s/step measured over {b['measured_over_steps']} steps){stopped}", quiet)
     _log(f"train: done in {hist['train_seconds']:.0f} s ({hist['images_per_second']:.0f} images/s), "
          f"final loss {hist['loss_curve'][-1][1]:.4f}" if hist["loss_curve"] else "train: done", quiet)
     return gen
