@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from synthmed import runtime
 from synthmed.config import ClassifierConfig
 from synthmed.data.dataset import ImageDataset
 
@@ -363,6 +364,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         best_loss, best_epoch, best_state, waited, step = math.inf, -1, None, 0, 0
         stopped_early = False
         bar = tqdm(range(n_rounds), desc=f"classifier ({cfg.arch}, seed {seed})", disable=not progress, leave=False)
+        # at most this many steps: early stopping may end sooner
+        max_steps, timer = cfg.steps or cfg.epochs * math.ceil(n / bs), runtime.StepTimer()
         for epoch in bar:
             model.train()
             if cfg.steps is not None:
@@ -379,6 +382,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
                 step += 1
+                if timer.tick():
+                    _warn_if_long(cfg, timer.seconds_per_step, max_steps, n, device)
             if sched is not None:
                 sched.step()
             val_loss, val_acc = _evaluate(model, x_va, y_va, device, 256)
@@ -414,6 +419,17 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         "val_fingerprint": val.fingerprint(),
     }
     return TrainedClassifier(model, history, cfg, list(train.class_names), train.fingerprint(), meta, device)
+
+
+def _warn_if_long(cfg: ClassifierConfig, seconds_per_step: float, max_steps: int, n: int, device: str) -> None:
+    # once per process and setting: the downstream check trains one classifier per seed and arm
+    fit = max(1, runtime.steps_within(runtime.LONG_TRAINING_SECONDS, seconds_per_step))
+    budget = f"steps={fit}" if cfg.steps else f"epochs={max(1, fit * cfg.epochs // max(max_steps, 1))}"
+    runtime.warn_if_long(
+        f"classifier training ({cfg.arch}, {n} images; early stopping may end it sooner)", seconds_per_step, max_steps,
+        device, [f"--set evaluate.judge.{budget} (the judge) or downstream.classifier.{budget}",
+                 "arch smallcnn with smaller widths"],
+        once_key=("classifier", cfg.arch, tuple(cfg.widths), n, max_steps, str(device)))
 
 
 # --------------------------------------------------------------------------- metrics

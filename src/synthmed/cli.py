@@ -168,15 +168,19 @@ def cmd_sample(args) -> int:
     if not (run_dir / "generator").is_dir():
         raise FileNotFoundError(f"{run_dir} has no trained generator (expected {run_dir / 'generator'}); "
                                 "run `synthmed train` first")
+    overrides = _overrides_from_args(args)
     with _naming_flags(args):  # the run's saved config, with --set and the flags on top, checked
-        cfg = _load(run_dir / "config.yaml", overrides=_overrides_from_args(args))
+        cfg = _load(run_dir / "config.yaml", overrides=overrides)
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     gen = pipeline.load_run_generator(run_dir, device=device)
     n = cfg.samples_per_class or 100
     folder = Path(args.out) if args.out else run_dir / "samples"
     g = cfg.generator
-    pipeline.step_sample(cfg, run_dir, gen, [n] * len(gen.class_names), guidance=g.guidance,
+    guidance = g.guidance
+    if "guidance" not in (overrides.get("generator") or {}) and pipeline.chosen_guidance(run_dir) is not None:
+        guidance = pipeline.chosen_guidance(run_dir)  # the scale the run chose on its validation split
+    pipeline.step_sample(cfg, run_dir, gen, [n] * len(gen.class_names), guidance=guidance,
                          seed=cfg.seed if args.seed is not None else None, folder=folder, quiet=args.quiet,
                          sampler=g.sampler, steps=g.sample_steps)
     print(f"samples: {folder.resolve()}")
@@ -593,7 +597,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     """Each warning as one line ``warning: <message>`` on stderr: no source path, no code line."""
     text = " ".join(str(message).split())
     kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
-    print(f"warning: {kind}{text}", file=file or sys.stderr, flush=True)
+    from tqdm.auto import tqdm
+
+    # a warning given during training (a time estimate) gets its own line above the progress bar
+    tqdm.write(f"warning: {kind}{text}", file=file or sys.stderr)
 
 
 @contextlib.contextmanager

@@ -121,6 +121,9 @@ class DiffusionConfig:
     weight_decay: float = 0.0
     batch_size: int = 64
     train_steps: int = 2000
+    #: time budget of the generator's training (autoencoder included), in minutes: the number of steps
+    #: is set from the throughput measured over the first steps, at most train_steps; None = train_steps
+    budget_minutes: float | None = None
     ema_decay: float = 0.995
     hflip: float = 0.5
     vflip: float = 0.5
@@ -128,6 +131,11 @@ class DiffusionConfig:
     sampler: str = "dpmsolver++"
     sample_steps: int = 20
     guidance: float = 2.0
+    #: `synthmed run` only: guidance scales to try after training; the one with the highest conditional
+    #: accuracy x coverage on the REAL VALIDATION split samples the run's images. None or [] = `guidance`
+    guidance_candidates: list[float] | None = None
+    #: images per class generated at each candidate scale to score it
+    guidance_samples_per_class: int = 32
     #: bf16 autocast on CUDA devices that support it; always float32 on CPU
     mixed_precision: bool = True
     checkpoint_every: int = 500
@@ -500,6 +508,7 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
         "ema_decay": FRACTION, "hflip": PROBABILITY, "vflip": PROBABILITY,
         "sampler": Choice(("dpmsolver++", "ddim", "ddpm")), "sample_steps": AT_LEAST_1, "guidance": AT_LEAST_0,
         "checkpoint_every": AT_LEAST_0, "log_every": AT_LEAST_1,
+        "budget_minutes": POSITIVE, "guidance_candidates": Each(AT_LEAST_0), "guidance_samples_per_class": AT_LEAST_1,
     },
     ClassifierConfig: _CLASSIFIER_RULES,
     EvaluateConfig: {"real_split": Choice(("train", "val", "test")), "metrics": Each(Choice(METRIC_NAMES)),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import synthmed
@@ -110,11 +111,20 @@ def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, re
     train = splits.train
     gen = build_generator(cfg.generator, image_size=train.image_size, channels=train.channels,
                           class_names=train.class_names, device=device, seed=cfg.seed)
+    budget = getattr(cfg.generator, "budget_minutes", None)
+    steps = (f"up to {cfg.generator.train_steps} steps within {budget:g} min" if budget is not None
+             else f"{cfg.generator.train_steps} steps")
     _log(f"train: {gen.describe()['summary']}, {gen.num_parameters:,} parameters, "
-         f"{cfg.generator.train_steps} steps of batch {cfg.generator.batch_size} on {device}", quiet)
+         f"{steps} of batch {cfg.generator.batch_size} on {device}", quiet)
     hist = gen.fit(train, splits.val, resume=resume, checkpoint_dir=out / "checkpoints", progress=not quiet)
     gen.save(out / "generator")
-    _update_run_info(out, timings={"train": hist["train_seconds"]})
+    _update_run_info(out, timings={"train": hist["train_seconds"]},
+                     **({"training_budget": hist["budget"]} if hist.get("budget") else {}))
+    if hist.get("budget") and hist["budget"].get("seconds_per_step"):
+        b = hist["budget"]
+        stopped = f", stopped at step {b['stopped_at_step']} when the time was up" if b.get("stopped_at_step") else ""
+        _log(f"train: budget {b['budget_minutes']:g} min -> {b['chosen_steps']} of {b['train_steps_cap']} steps "
+             f"({b['seconds_per_step']:.3g} s/step measured over {b['measured_over_steps']} steps){stopped}", quiet)
     _log(f"train: done in {hist['train_seconds']:.0f} s ({hist['images_per_second']:.0f} images/s), "
          f"final loss {hist['loss_curve'][-1][1]:.4f}" if hist["loss_curve"] else "train: done", quiet)
     return gen
@@ -252,10 +262,47 @@ def feature_extractor(cfg: RunConfig, judge, device: str):
     return get_extractor(name, device=device)
 
 
+def step_choose_guidance(cfg: RunConfig, out: Path, gen, splits: DataSplits, judge, *,
+                         quiet: bool = False) -> dict | None:
+    """The guidance scale among ``generator.guidance_candidates`` with the highest conditional accuracy
+    x coverage on the REAL VALIDATION split (synthmed.metrics.guidance); None when no candidates are
+    set. The test split is never used: its fingerprint is passed only so that the choice refuses it."""
+    from synthmed.metrics.guidance import accuracy_times_coverage, choose_guidance
+
+    g = cfg.generator
+    candidates = getattr(g, "guidance_candidates", None)
+    if not candidates:
+        if chosen_guidance(out) is not None:  # a rerun without candidates: an earlier choice no longer holds
+            _update_run_info(out, guidance_selection=None)
+        return None
+    result = choose_guidance(gen, splits.val, candidates, score=accuracy_times_coverage(judge, k=cfg.evaluate.k),
+                             per_class=g.guidance_samples_per_class, seed=cfg.seed + 2,
+                             forbidden={"test": splits.test.fingerprint(), "training": splits.train.fingerprint()},
+                             progress=not quiet)
+    _update_run_info(out, guidance_selection={k: result[k] for k in ("chosen", "criterion", "samples_per_class",
+                                                                     "real_split", "real_fingerprint")},
+                     timings={"choose_guidance": result["seconds"]})
+    table = ", ".join(f"{r['guidance']:g}: {r['score']:.3f}" for r in result["candidates"])
+    _log(f"guidance: {result['chosen']:g} chosen on the real validation split ({len(splits.val)} images; "
+         f"accuracy x coverage per scale {table}; {result['seconds']:.0f} s)", quiet)
+    for w in _guidance_warnings(result):
+        warnings.warn(w)
+    return result
+
+
+def chosen_guidance(out: Path) -> float | None:
+    """The guidance scale a run chose on its validation split (run.json), None when it chose none."""
+    path = Path(out) / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    return (info.get("guidance_selection") or {}).get("chosen")
+
+
 def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, counts: list[int], *,
-                seed: int | None = None, judge=None, quiet: bool = False) -> tuple[ImageDataset, dict]:
+                seed: int | None = None, judge=None, quiet: bool = False,
+                guidance: float | None = None) -> tuple[ImageDataset, dict]:
     """Generate until ``counts`` images per class pass the filter of ``select.mode`` (or the budget is
-    spent): the realism filter in ``extractor``'s features, or (``confidence``) ``judge``'s confidence."""
+    spent): the realism filter in ``extractor``'s features, or (``confidence``) ``judge``'s confidence.
+    ``guidance``: the scale chosen on validation data (None: the generator's own)."""
     from synthmed.selection.confidence import generate_until_confident
     from synthmed.selection.filter import generate_until
 
@@ -268,15 +315,16 @@ def step_select(cfg: RunConfig, out: Path, gen, splits: DataSplits, extractor, c
             raise ValueError("select.mode confidence needs the judge (step_judge) that selects")
         kept, report = generate_until_confident(gen, judge.classifier, counts, tau=sel.tau,
                                                 budget_factor=sel.budget_factor, seed=seed, held_out=splits.val,
-                                                progress=not quiet)
+                                                progress=not quiet, guidance=guidance)
         rule = f"the judge's confidence filter (p(intended class) >= {sel.tau:g})"
     else:
         kept, report = generate_until(gen, splits.train, extractor, counts, mode=sel.mode, threshold=sel.threshold,
                                       k=sel.k, budget_factor=sel.budget_factor, seed=seed, held_out=splits.val,
-                                      progress=not quiet)
+                                      progress=not quiet, guidance=guidance)
         rule = f"the {sel.mode} realism filter (R >= {sel.threshold})"
     # the selection record generate_until* wrote (settings, seed, the selector) is kept as it is
     kept.meta.update({"generator": gen.kind, **gen.sampling_defaults,
+                      **({"guidance": guidance} if guidance is not None else {}),
                       "train_fingerprint": gen.train_fingerprint, "seconds": time.time() - t0,
                       "images_per_second": report.get("generated", len(kept)) / max(time.time() - t0, 1e-9)})
     save_image_set(kept, out / "samples")
@@ -558,10 +606,13 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             "autoencoder": g.get("autoencoder"), "config": cfg_dict.get("generator"),
             **({"latent_shape": g["latent_shape"], "autoencoder_factor": g.get("autoencoder_factor")}
                if g.get("latent_shape") else {}),
+            "budget": g.get("budget"), "estimate": g.get("estimate"),
         }
     s = metrics.get("sampling")
     if s:
         view["sampling"] = s
+        if metrics.get("guidance_selection"):  # shown in the sampling section
+            view["sampling"] = {**s, "guidance_selection": metrics["guidance_selection"]}
     ca = metrics.get("conditional_accuracy")
     if ca:
         judge = ca["judge"]
@@ -642,12 +693,15 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
     judge = step_judge(cfg, splits, device, quiet=quiet)
     step_reconstruction(out, gen, splits, judge, quiet=quiet)
     extractor = feature_extractor(cfg, judge, device)
+    guidance = step_choose_guidance(cfg, out, gen, splits, judge, quiet=quiet)
+    chosen = guidance["chosen"] if guidance else None
     counts = sample_counts(cfg, splits.train)
     selection = None
     if cfg.select.mode == "none":
-        synthetic = step_sample(cfg, out, gen, counts, quiet=quiet)
+        synthetic = step_sample(cfg, out, gen, counts, quiet=quiet, guidance=chosen)
     else:
-        synthetic, selection = step_select(cfg, out, gen, splits, extractor, counts, judge=judge, quiet=quiet)
+        synthetic, selection = step_select(cfg, out, gen, splits, extractor, counts, judge=judge, quiet=quiet,
+                                           guidance=chosen)
         if len(synthetic) == 0:
             from synthmed.generators.base import GeneratorError
 
@@ -665,8 +719,9 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
         "generator": {
             **gen.describe(), "space": getattr(cfg.generator, "space", None), "loss_curve": h["loss_curve"],
             "precision": h.get("precision"), "frozen_parameters": h.get("frozen_parameters", []),
-            "autoencoder": h.get("autoencoder"),
+            "autoencoder": h.get("autoencoder"), "budget": h.get("budget"), "estimate": h.get("estimate"),
         },
+        **({"guidance_selection": guidance} if guidance else {}),
         "sampling": {
             "sampler": synthetic.meta["sampler"], "steps": synthetic.meta["steps"], "guidance": synthetic.meta["guidance"],
             "num_per_class": dict(zip(synthetic.class_names, synthetic.class_counts())),
@@ -675,7 +730,8 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
         **({"selection": selection} if selection else {}),
         **{k: v for k, v in evaluation.items() if k != "seconds"},
         "downstream": down,
-        "warnings": data_warnings(splits) + _generator_warnings(h) + _evaluation_warnings(evaluation),
+        "warnings": data_warnings(splits) + _generator_warnings(h) + _guidance_warnings(guidance)
+        + _evaluation_warnings(evaluation),
     }
     _add_findings(metrics, json.loads((out / "data.json").read_text()))
     atomic_write_json(metrics, out / "metrics.json")
@@ -701,6 +757,15 @@ def _evaluation_warnings(evaluation: dict) -> list[str]:
     return []
 
 
+def _guidance_warnings(selection: dict | None) -> list[str]:
+    if selection and selection.get("at_edge"):
+        scales = [r["guidance"] for r in selection["candidates"]]
+        return [f"guidance {selection['chosen']:g} scored best on the validation split but is the end of the range "
+                f"tried ({min(scales):g}-{max(scales):g}): a scale beyond it may score higher; widen "
+                "generator.guidance_candidates"]
+    return []
+
+
 def _generator_warnings(history: dict) -> list[str]:
     frozen = history.get("frozen_parameters") or []
     if frozen:
@@ -712,7 +777,6 @@ def load_run_generator(out: Path, device: str = "cpu"):
     return load_generator(out / "generator", device=device)
 
 
-__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_grader", "step_sample", "step_select", "step_evaluate",
+__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_grader", "step_reconstruction",
+           "step_choose_guidance", "chosen_guidance", "step_sample", "step_select", "step_evaluate",
            "step_downstream", "step_report", "report_view", "load_run_generator"]
-__all__ = ["run", "prepare", "step_data", "step_train", "step_judge", "step_sample", "step_select", "step_evaluate",
-           "step_downstream", "step_report", "report_view", "load_run_generator", "step_reconstruction"]

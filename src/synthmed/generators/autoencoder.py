@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from synthmed import runtime
 from synthmed.config import AutoencoderConfig
 from synthmed.files import atomic_torch_save, default_cache_dir
 from synthmed.generators.networks import build_autoencoder, count_parameters
@@ -61,6 +62,9 @@ class LatentAutoencoder:
         # 1 / std of the training latents, so the denoiser sees unit-variance inputs (as SD does).
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0)) if cfg.pretrained_path else 1.0
         self.history: dict = {}
+        #: seconds the next :meth:`fit` may take (set by the diffusion generator under
+        #: ``generator.budget_minutes``); None trains ``cfg.train_steps`` steps
+        self.time_budget_seconds: float | None = None
 
     @property
     def downsample_factor(self) -> int:
@@ -75,15 +79,31 @@ class LatentAutoencoder:
         """Train on images in [-1, 1] (N, C, H, W): L1 + MSE reconstruction + small KL term.
 
         Batches, flips and the posterior samples all come from ``seed``, so the same seed on the
-        same images trains the same autoencoder (what the cache relies on)."""
+        same images trains the same autoencoder (what the cache relies on).
+
+        With :attr:`time_budget_seconds` the number of steps is what fits in it at the speed
+        measured over the first steps (at most ``cfg.train_steps``); the cosine schedule is then
+        stretched to end at that step. Without, a long run says so once its speed is known."""
         cfg = self.cfg
         g = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.train_steps, 1), eta_min=cfg.lr * 0.1)
         self.vae.train()
         curve, running, t0 = [], 0.0, time.time()
+        budget_s, total, done = self.time_budget_seconds, cfg.train_steps, 0
+        decision: dict | None = None if budget_s is None else {
+            "budget_seconds": budget_s, "seconds_per_step": None, "chosen_steps": None, "train_steps_cap": cfg.train_steps}
+        estimate = None
+        timer = runtime.StepTimer(exact=budget_s is not None)
         bar = tqdm(range(cfg.train_steps), desc="autoencoder", disable=not progress, leave=False)
         for step in bar:
+            if step >= total:
+                break
+            if budget_s is not None and timer.elapsed >= budget_s:
+                decision["stopped_at_step"] = step  # slower than measured at the start: the budget still holds
+                warnings.warn(f"generator.budget_minutes: the autoencoder's share of the budget is up at step {step} "
+                              f"of the {total} planned (the steps got slower than measured at the start); stopped there")
+                break
             idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=g)
             xb = x[idx].to(self.device)
             # flips keep the autoencoder equivariant enough to encode flipped training images
@@ -101,17 +121,39 @@ class LatentAutoencoder:
             opt.step()
             sched.step()
             running += loss.item()
-            if (step + 1) % 25 == 0 or step + 1 == cfg.train_steps:
+            done = step + 1
+            if timer.tick():
+                if decision is not None:
+                    decision = self._choose_steps(timer, budget_s, done)
+                    total = decision["chosen_steps"]
+                    # the recursive cosine goes on from the present lr and reaches eta_min at the new end
+                    sched.T_max = max(total, 1)
+                    bar.total = total
+                    bar.refresh()
+                else:
+                    estimate = timer.estimate(cfg.train_steps)
+                    sps = timer.seconds_per_step
+                    runtime.warn_if_long("autoencoder training", sps, cfg.train_steps, self.device, [
+                        "--set generator.autoencoder.train_steps="
+                        f"{max(1, runtime.steps_within(runtime.LONG_TRAINING_SECONDS, sps))}",
+                        f"generator.budget_minutes={runtime.LONG_TRAINING_SECONDS / 60:g}",
+                        "a smaller generator.autoencoder.block_out_channels or data.image_size"])
+            if (step + 1) % 25 == 0 or step + 1 == total:
                 k = (step % 25) + 1
                 curve.append([step + 1, running / k])
                 bar.set_postfix(loss=f"{running / k:.4f}")
                 running = 0.0
+        bar.close()
         self.vae.eval()
         with torch.no_grad():
             z = self.encode_raw(x[: min(len(x), 2048)])
             self.scaling_factor = float(1.0 / z.flatten().std().clamp_min(1e-6))
-        self.history = {"loss_curve": curve, "train_seconds": time.time() - t0, "train_steps": cfg.train_steps,
+        self.history = {"loss_curve": curve, "train_seconds": time.time() - t0, "train_steps": done,
                         "num_parameters": count_parameters(self.vae)}
+        if decision is not None:  # chosen_steps None: the run ended before its speed was measured
+            self.history["budget"] = decision
+        if estimate is not None:
+            self.history["estimate"] = estimate
         if x_val is not None and len(x_val):
             self.history["reconstruction"] = self.reconstruction_quality(x_val)
         return self.history
@@ -178,6 +220,18 @@ class LatentAutoencoder:
         """decode(encode(x)) in [-1, 1]: what the decoder makes of real images, clamped like samples."""
         out = [self.decode(self.encode(x[i : i + batch_size])).clamp(-1, 1).cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else x.new_zeros((0, *x.shape[1:]))
+    def _choose_steps(self, timer: runtime.StepTimer, budget_seconds: float, done: int) -> dict:
+        """The steps that fit in ``budget_seconds`` at the measured speed (at most train_steps), as recorded."""
+        cfg, sps = self.cfg, timer.seconds_per_step
+        total = min(cfg.train_steps, done + runtime.steps_within(budget_seconds - timer.elapsed, sps))
+        if total < cfg.train_steps:
+            warnings.warn(
+                f"generator.budget_minutes: the autoencoder's share ({runtime.format_duration(budget_seconds)}) fits "
+                f"{total} of its {cfg.train_steps} steps ({sps:.3g} s/step on {self.device}); raise the budget, or "
+                "make steps cheaper (a smaller generator.autoencoder.block_out_channels or data.image_size, "
+                "--device cuda)")
+        return {"budget_seconds": budget_seconds, "seconds_per_step": sps, "measured_over_steps": timer.measured_over,
+                "chosen_steps": total, "train_steps_cap": cfg.train_steps}
 
     @torch.no_grad()
     def reconstruction_quality(self, x: torch.Tensor, batch_size: int = 256) -> dict:

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 import synthmed
+from synthmed import runtime
 from synthmed.config import AutoencoderConfig, DiffusionConfig
 from synthmed.data.dataset import ImageDataset
 from synthmed.generators.autoencoder import LatentAutoencoder
@@ -38,6 +39,9 @@ from synthmed.generators.networks import build_unet, count_parameters
 from synthmed.runtime import bf16_supported
 
 CHECKPOINT = "checkpoint.pt"
+#: under generator.budget_minutes the autoencoder (trained first) may use at most this share of the
+#: budget; the denoiser gets what is left, however little the autoencoder took
+AUTOENCODER_BUDGET_SHARE = 1 / 3
 
 
 def _dict_to_cfg(d: dict) -> DiffusionConfig:
@@ -143,13 +147,25 @@ class DiffusionGenerator(Generator):
         self.history["train_class_counts"] = dict(zip(self.class_names, counts))
 
         cfg, dev = self.cfg, self.device
+        budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes is not None else None
+        fit_start = runtime.clock()  # the budget covers the autoencoder and the latent encoding too
+        spent_before = (self.history.get("budget") or {}).get("seconds_spent")  # by the budget's clock, if resumed
+        if spent_before is None:
+            spent_before = self.history.get("train_seconds", 0.0)
+            if self.autoencoder is not None and self.autoencoder.history:
+                spent_before += self.autoencoder.history.get("train_seconds", 0.0)
+        if self.autoencoder is not None:
+            self.autoencoder.time_budget_seconds = None if budget_s is None else budget_s * AUTOENCODER_BUDGET_SHARE
         data, labels, n_variants = self._training_tensors(train, val, progress)
         if n_variants is None:
             data = data.to(dev)
         labels = labels.to(dev)
         n = len(labels)
+        total, decided = self._planned_steps()
+        # a list, so the warm-up can follow a step count the budget chooses after the loop started
+        warmup = [cfg.warmup_steps if budget_s is None or not decided else self._budget_warmup(total)]
         opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup[0], 1)))
         if self._opt_state is not None:
             opt.load_state_dict(self._opt_state)
             lr_sched.load_state_dict(self._sched_state)
@@ -163,8 +179,16 @@ class DiffusionGenerator(Generator):
         bs = min(cfg.batch_size, n)
         self.unet.train()
         t_start, running, run_n = time.time(), 0.0, 0
-        bar = tqdm(total=cfg.train_steps, initial=self.step, desc="diffusion", disable=not progress)
-        while self.step < cfg.train_steps:
+        bar = tqdm(total=total, initial=self.step, desc="diffusion", disable=not progress)
+        first_step, timer = self.step, runtime.StepTimer(exact=not decided)
+
+        def spent() -> float:  # seconds of the budget used so far, by the budget's clock
+            return spent_before + (timer.last - fit_start)
+
+        while self.step < total:
+            if budget_s is not None and spent() >= budget_s:
+                self._stop_at_deadline(total)  # the machine got slower than measured: the budget still holds
+                break
             idx = torch.randint(0, n, (bs,), generator=gen)
             y = labels[idx]
             if n_variants is None:
@@ -200,17 +224,30 @@ class DiffusionGenerator(Generator):
             self.step += 1
             running += loss.item()
             run_n += 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.train_steps:
+            if timer.tick():
+                if not decided:
+                    total = self._choose_steps(timer, budget_s - spent())
+                    warmup[0] = self.history["budget"]["warmup_steps"]
+                    decided = True
+                    bar.total = total
+                    bar.refresh()
+                elif budget_s is None:
+                    self._warn_if_long(timer, total - first_step)
+            if self.step % cfg.log_every == 0 or self.step == total:
                 self.history["loss_curve"].append([self.step, running / run_n])
                 bar.set_postfix(loss=f"{running / run_n:.4f}")
                 running, run_n = 0.0, 0
             bar.update(1)
             if ckpt is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                if budget_s is not None:
+                    self._budget_record()["seconds_spent"] = spent()
                 self._opt_state, self._sched_state, self._rng_state = opt.state_dict(), lr_sched.state_dict(), gen.get_state()
                 self.history["train_seconds"] += time.time() - t_start
                 t_start = time.time()
                 self._save_checkpoint(ckpt)
         bar.close()
+        if budget_s is not None:  # chosen_steps stays None when the run ended before its speed was measured
+            self._budget_record()["seconds_spent"] = spent()
         self.unet.eval()
         self.history["train_seconds"] += time.time() - t_start
         self._opt_state, self._sched_state, self._rng_state = opt.state_dict(), lr_sched.state_dict(), gen.get_state()
@@ -233,6 +270,60 @@ class DiffusionGenerator(Generator):
         if ckpt is not None:
             self._save_checkpoint(ckpt)
         return self.history
+
+    # ------------------------------------------------------------------ time budget and estimate
+    def _planned_steps(self) -> tuple[int, bool]:
+        """(steps to train to, whether that is settled): ``train_steps`` without a budget; under one the
+        total it chose before (saved in the checkpoint, so a resumed run keeps it), else undecided yet."""
+        cfg = self.cfg
+        if cfg.budget_minutes is None:
+            return cfg.train_steps, True
+        saved = self.history.get("budget") or {}
+        if saved.get("budget_minutes") == cfg.budget_minutes and saved.get("chosen_steps") is not None:
+            return min(saved["chosen_steps"], cfg.train_steps), True
+        return cfg.train_steps, False
+
+    def _budget_warmup(self, total: int) -> int:
+        """LR warm-up under a budget: at most a tenth of the chosen steps, so a short run still trains at full lr."""
+        return min(self.cfg.warmup_steps, max(1, total // 10))
+
+    def _choose_steps(self, timer: runtime.StepTimer, seconds_left: float) -> int:
+        """The total that fits in ``seconds_left`` at the measured speed (at most train_steps), recorded."""
+        cfg, sps = self.cfg, timer.seconds_per_step
+        total = min(cfg.train_steps, self.step + runtime.steps_within(seconds_left, sps))
+        self.history["budget"] = {
+            **self._budget_record(), "budget_minutes": cfg.budget_minutes, "seconds_per_step": sps, "measured_over_steps": timer.measured_over,
+            "decided_at_step": self.step, "seconds_left_at_decision": max(0.0, seconds_left),
+            "chosen_steps": total, "train_steps_cap": cfg.train_steps, "warmup_steps": self._budget_warmup(total),
+            "estimated_seconds": sps * total, "stopped_at_step": None,
+        }
+        if total < cfg.train_steps:
+            warnings.warn(
+                f"generator.budget_minutes = {cfg.budget_minutes:g}: {total} of the {cfg.train_steps} generator "
+                f"steps fit ({sps:.3g} s/step on {self.device}, {runtime.format_duration(max(0.0, seconds_left))} of "
+                f"the budget left at step {self.step}); raise the budget, or make steps cheaper (a smaller "
+                "generator.block_out_channels, --device cuda) for more")
+        return total
+
+    def _budget_record(self) -> dict:
+        """history["budget"] (what the budget decided, and the seconds it spent), made before the decision."""
+        return self.history.setdefault("budget", {"budget_minutes": self.cfg.budget_minutes, "chosen_steps": None,
+                                                  "train_steps_cap": self.cfg.train_steps, "seconds_per_step": None})
+
+    def _stop_at_deadline(self, planned: int) -> None:
+        budget = self._budget_record()
+        if budget.get("stopped_at_step") is None:  # said once, not again on every resume
+            warnings.warn(f"generator.budget_minutes = {self.cfg.budget_minutes:g}: the time is up at step {self.step} "
+                          f"of the {planned} planned (the steps got slower than measured at the start); stopped there")
+        budget["stopped_at_step"] = self.step
+
+    def _warn_if_long(self, timer: runtime.StepTimer, steps: int) -> None:
+        sps = timer.seconds_per_step
+        self.history["estimate"] = timer.estimate(steps)
+        runtime.warn_if_long("generator training", sps, steps, self.device, [
+            f"--set generator.train_steps={max(1, runtime.steps_within(runtime.LONG_TRAINING_SECONDS, sps))}",
+            f"generator.budget_minutes={runtime.LONG_TRAINING_SECONDS / 60:g}",
+            "a smaller generator.block_out_channels"])
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -451,7 +451,9 @@ def _section_generator(g: dict) -> str:
     for key, (label, fmt) in known.items():
         if g.get(key) is not None:
             rows.append((label, fmt(g[key])))
+    rows += _timing_rows(g.get("budget"), g.get("estimate"), "")
     if ae:
+        rows += _timing_rows(ae.get("budget"), ae.get("estimate"), "autoencoder ")
         rec = ae.get("reconstruction") or {}
         if rec:
             parts = []
@@ -492,11 +494,54 @@ def _section_generator(g: dict) -> str:
             + _kv_table(rows) + config + "</section>")
 
 
+def _timing_rows(budget: Any, estimate: Any, prefix: str) -> list[tuple[str, str]]:
+    """Rows of the time budget (generator.budget_minutes) and of the estimate made after the first steps."""
+    rows = []
+    if isinstance(budget, Mapping):
+        limit = (f"{_num(budget['budget_minutes'])} min" if budget.get("budget_minutes") is not None
+                 else _seconds(budget.get("budget_seconds")))
+        if budget.get("seconds_per_step"):
+            text = (f"{limit}: {_num(budget.get('chosen_steps'))} of at most {_num(budget.get('train_steps_cap'))} "
+                    f"steps, from {_num(budget['seconds_per_step'], 3)} s/step measured over "
+                    f"{_num(budget.get('measured_over_steps'))} steps")
+        else:
+            text = f"{limit}: the run ended before its speed was measured"
+        if budget.get("stopped_at_step") is not None:
+            text += (f"; the time was up at step {_num(budget['stopped_at_step'])} (the steps got slower than "
+                     "measured), training stopped there")
+        rows.append((f"{prefix}time budget", _e(text)))
+    if isinstance(estimate, Mapping) and estimate.get("seconds_per_step"):
+        rows.append((f"{prefix}estimate after the first steps",
+                     _e(f"{_seconds(estimate.get('estimated_seconds'))} ({_num(estimate['seconds_per_step'], 3)} "
+                        f"s/step x {_num(estimate.get('steps'))} steps)")))
+    return rows
+
+
+def _section_guidance_selection(sel: Mapping) -> str:
+    rows = []
+    for r in sel.get("candidates") or []:
+        mark = " (chosen)" if r.get("guidance") == sel.get("chosen") else ""
+        rows.append([_e(_num(r.get("guidance"))) + mark, _frac(r.get("conditional_accuracy")),
+                     _frac(r.get("coverage")), f"<b>{_frac(r.get('score'))}</b>" if mark else _frac(r.get("score")),
+                     _seconds(r.get("seconds"))])
+    intro = (f"<p>Guidance scale {_e(_num(sel.get('chosen')))} was chosen after training: "
+             f"{_e(_num(sel.get('samples_per_class')))} images per class were generated at each candidate scale "
+             f"(the same noise for every scale) and scored by {_e(sel.get('criterion'))}, against the "
+             f"{_e(_num(sel.get('num_real')))} real validation images. The test split was not used. The judge that "
+             "scores them was early-stopped on the same validation split.</p>")
+    if sel.get("at_edge"):
+        intro += ("<p><b>The chosen scale is the end of the range tried</b>: a scale beyond it may score higher; "
+                  "widen <code>generator.guidance_candidates</code>.</p>")
+    table = _table(["guidance", "conditional accuracy", "coverage", "score", "time"], rows, numeric={1, 2, 3, 4})
+    return f"<h3>Guidance chosen on validation data</h3>{intro}{table}"
+
+
 def _section_sampling(s: dict) -> str:
     rows: list[tuple[str, str]] = []
     for key, label in (("sampler", "sampler"), ("steps", "sampling steps"), ("guidance", "guidance scale")):
         if s.get(key) is not None:
-            rows.append((label, _e(_num(s[key]))))
+            chosen_here = key == "guidance" and isinstance(s.get("guidance_selection"), Mapping)
+            rows.append((label, _e(_num(s[key])) + (" (chosen on the validation split, below)" if chosen_here else "")))
     per_class = s.get("num_per_class")
     if isinstance(per_class, Mapping) and per_class:
         total = sum(v for v in per_class.values() if _is_number(v))
@@ -509,7 +554,10 @@ def _section_sampling(s: dict) -> str:
     for k, v in s.items():
         if k not in done and v is not None and not isinstance(v, (Mapping, list)):
             rows.append((k.replace("_", " "), _e(_num(v))))
-    return f'<section id="sampling"><h2>Sampling</h2>{_kv_table(rows)}</section>'
+    chosen = ""
+    if isinstance(s.get("guidance_selection"), Mapping):
+        chosen = _safe("guidance selection", lambda: _section_guidance_selection(s["guidance_selection"]))
+    return f'<section id="sampling"><h2>Sampling</h2>{_kv_table(rows)}{chosen}</section>'
 
 
 def _section_conditional_accuracy(ca: dict) -> str:
