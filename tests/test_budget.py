@@ -250,7 +250,8 @@ def test_autoencoder_warns_when_long_and_keeps_to_its_budget(clock):
 
 def test_latent_budget_covers_autoencoder_and_denoiser(clock):
     train = toy(6, seed=0)
-    ae = AutoencoderConfig(block_out_channels=[8, 8], latent_channels=2, batch_size=8, train_steps=100)
+    ae = AutoencoderConfig(block_out_channels=[8, 8], latent_channels=2, batch_size=8, train_steps=100,
+                           cache=False)  # a cache hit would cost no time and leave the denoiser the whole budget
     gen = tiny(train, space="latent", block_out_channels=[16, 16], budget_minutes=1.0, autoencoder=ae)
     encode = gen.autoencoder.vae.encode
 
