@@ -28,8 +28,7 @@ import numpy as np
 from synthmed.classifiers import TrainedClassifier
 from synthmed.data.dataset import DataError, ImageDataset
 from synthmed.features.base import state_dict_sha256
-from synthmed.selection.filter import generate_until_accepted
-from synthmed.selection.realism import score_summary
+from synthmed.selection.filter import acceptance_report, generate_until_accepted
 
 #: keep an image when the selector gives its intended class at least this probability (docs/evaluation.md)
 DEFAULT_TAU = 0.9
@@ -112,21 +111,7 @@ def confidence_filter(synthetic: ImageDataset, classifier: TrainedClassifier, ta
     kept.synthetic = True
     settings = _settings(classifier, tau)
     kept.meta["selection"] = {k: settings[k] for k in ("mode", "tau", "selector")}
-    per_class = {}
-    for i, c in enumerate(synthetic.class_names):
-        m = synthetic.labels == i
-        n = int(m.sum())
-        per_class[c] = {"generated": n, "accepted": int(keep[m].sum()), "kept": int(keep[m].sum()),
-                        "acceptance_rate": float(keep[m].mean()) if n else None, "scores": score_summary(p[m])}
-    report = {
-        **settings,
-        "per_class": per_class,
-        "generated": len(synthetic),
-        "kept": int(keep.sum()),
-        "acceptance_rate": float(keep.mean()) if len(synthetic) else None,
-        "scores": score_summary(p),
-        "per_image_scores": p,
-    }
+    report = {**settings, **acceptance_report(synthetic, keep, p)}
     if held_out is not None:
         report["real_val_acceptance"] = real_acceptance(classifier, held_out, tau)
     return kept, report

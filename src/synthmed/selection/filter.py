@@ -105,22 +105,7 @@ def filter_synthetic(synthetic: ImageDataset, real: ImageDataset, extractor, *, 
     keep = select(scores, threshold)
     kept = synthetic.subset(np.flatnonzero(keep), name=f"{synthetic.name}-selected")
     kept.meta["selection"] = {"mode": mode, "threshold": threshold, "k": k, "robust_quantile": robust_quantile}
-    per_class = {}
-    for i, c in enumerate(synthetic.class_names):
-        m = synthetic.labels == i
-        n = int(m.sum())
-        per_class[c] = {"generated": n, "kept": int(keep[m].sum()),
-                        "acceptance_rate": float(keep[m].mean()) if n else None,
-                        "scores": score_summary(scores[m])}
-    report = {
-        **ref.settings(threshold),
-        "per_class": per_class,
-        "generated": len(synthetic),
-        "kept": int(keep.sum()),
-        "acceptance_rate": float(keep.mean()) if len(synthetic) else None,
-        "scores": score_summary(scores),
-        "per_image_scores": scores,
-    }
+    report = {**ref.settings(threshold), **acceptance_report(synthetic, keep, scores)}
     if held_out is not None:
         report["real_val_acceptance"] = ref.held_out_acceptance(held_out, threshold)
     return kept, report
@@ -167,6 +152,20 @@ def _sample(generator, counts: np.ndarray, seed: int, guidance: float | None, pr
     if takes_any or "progress" in params:
         kwargs["progress"] = progress
     return generator.sample(counts.tolist(), **kwargs)
+
+
+def acceptance_report(synthetic: ImageDataset, keep: np.ndarray, scores: np.ndarray) -> dict:
+    """What every filter reports: generated / kept / acceptance rate and the score summary, overall and
+    per class (``accepted`` = ``kept`` for a one-pass filter), and every image's score."""
+    per_class = {}
+    for i, c in enumerate(synthetic.class_names):
+        m = synthetic.labels == i
+        n = int(m.sum())
+        per_class[c] = {"generated": n, "accepted": int(keep[m].sum()), "kept": int(keep[m].sum()),
+                        "acceptance_rate": float(keep[m].mean()) if n else None, "scores": score_summary(scores[m])}
+    return {"per_class": per_class, "generated": len(synthetic), "kept": int(keep.sum()),
+            "acceptance_rate": float(keep.mean()) if len(synthetic) else None, "scores": score_summary(scores),
+            "per_image_scores": scores}
 
 
 def generate_until_accepted(generator, class_names: list[str], n_per_class: int | Sequence[int] | Mapping,
