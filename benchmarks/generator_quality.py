@@ -40,6 +40,7 @@ from synthmed.config import ClassifierConfig, load_config, set_dotted, validate
 from synthmed.data.sources import load_dataset
 from synthmed.data.splits import disjoint_subsets
 from synthmed.features.domain import DomainExtractor
+from synthmed.files import atomic_write_text
 from synthmed.generators.registry import build_generator, load_generator
 from synthmed.metrics.conditional_accuracy import conditional_accuracy
 from synthmed.metrics.evaluate import evaluate
@@ -130,7 +131,8 @@ def part_full(args, cfg, splits, judge, device) -> dict:
         gen.save(folder)
     scores, syn = score_generator(gen, splits.train, splits, judge, args.samples_per_class, seed=cfg.seed + 1)
     save_grid(syn, args.grids / "generator_quality_full.png")
-    return {"generator": gen.describe()["summary"], "scores": scores}
+    return {"generator": gen.describe()["summary"], "scores": scores,
+            "generator_steps": args.full_steps, "samples_per_class": args.samples_per_class}
 
 
 def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
@@ -151,6 +153,7 @@ def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
             save_grid(syn, args.grids / f"generator_quality_{size}.png")
     summary = [r for r in res["summary"] if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
     return {"seconds": time.time() - t0, "downstream": summary, "generators": per_subset,
+            "generator_steps": args.subset_steps, "samples_per_class": args.samples_per_class,
             "mean": {k: float(np.mean([s[k] for s in per_subset])) for k in
                      ("conditional_accuracy", "fd", "fd_real_floor", "fd_ratio", "precision", "recall", "coverage",
                       "train_seconds")}}
@@ -193,13 +196,15 @@ def markdown(results: dict) -> str:
              f"{s['samples_per_class']} synthetic images per class. Downstream: small CNN [16,32,64], "
              f"{s['classifier_steps']} steps of batch 64 for every protocol, mean ± std over 3 subsets, paired 95% "
              "t interval.", "",
-             "| part | train min | cond. acc. | FD | floor | FD/floor | precision | recall | coverage | flagged |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| part | steps | syn/class | train min | cond. acc. | FD | floor | FD/floor | precision | recall | coverage "
+             "| flagged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     parts = results.get("parts", {})
     for name, p in parts.items():
         g = p["scores"] if name == "full" else p["mean"]
         flagged = g.get("memorisation_flagged", sum(x["memorisation_flagged"] for x in p.get("generators", [])))
-        lines.append(f"| {name} | {(g['train_seconds'] or 0) / 60:.1f} | {g['conditional_accuracy']:.3f} | {g['fd']:.2f} | "
+        lines.append(f"| {name} | {p.get('generator_steps', '?')} | {p.get('samples_per_class', '?')} | "
+                     f"{(g['train_seconds'] or 0) / 60:.1f} | {g['conditional_accuracy']:.3f} | {g['fd']:.2f} | "
                      f"{g['fd_real_floor']:.2f} | {g['fd_ratio']:.1f} | {g['precision']:.3f} | {g['recall']:.3f} | "
                      f"{g['coverage']:.3f} | {flagged} |")
     for size in ("50", "200"):
@@ -264,10 +269,13 @@ def main() -> None:
         else:
             raise SystemExit(f"--only: unknown part {part!r}; use full, 50, 200")
         results["parts"][part]["wall_seconds"] = time.time() - t0
+        # parts may run as separate processes at once: merge into what is on disk now, never overwrite it
+        on_disk = json.loads(out.read_text()) if out.is_file() else {}
+        results["parts"] = {**on_disk.get("parts", {}), part: results["parts"][part]}
         results["verdicts"] = verdicts(results)
         args.out.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-        out.with_suffix(".md").write_text(markdown(results))
+        atomic_write_text(json.dumps(results, indent=1, default=str) + "\n", out)
+        atomic_write_text(markdown(results), out.with_suffix(".md"))
         print(markdown(results), flush=True)
 
 

@@ -294,3 +294,30 @@ def test_other_formulations_learn_and_resume(kw, tmp_path):
     a = g.sample([2, 2, 2], seed=3, progress=False)
     b = g2.sample([2, 2, 2], seed=3, progress=False)
     np.testing.assert_array_equal(a.images, b.images)
+
+
+@pytest.mark.parametrize("balance, rare_share", [(0.0, 4 / 36), (1.0, 1 / 3), (0.5, None)])
+def test_class_balance_sets_how_often_a_rare_class_is_drawn(balance, rare_share):
+    """class_balance 0 draws classes as often as the data holds them; 1 draws every class equally often;
+    in between lies in between. Checked on the batches fit actually draws."""
+    imgs = tiny_set(16, size=8)
+    keep = np.r_[np.arange(16), np.arange(16, 20), np.arange(32, 48)]  # 'dark' cut to 4 of 36 images
+    train = imgs.subset(keep)
+    gen = DiffusionGenerator(tiny_cfg(class_balance=balance, train_steps=30, batch_size=48), image_size=8,
+                             channels=1, class_names=train.class_names)
+    drawn = []
+    real_loss = gen.formulation.loss
+
+    def spy(net, x0, y, g):
+        drawn.append(y.clone())
+        return real_loss(net, x0, y, g)
+
+    gen.formulation.loss = spy
+    gen.fit(train, progress=False)
+    y = torch.cat(drawn)
+    y = y[y < 3]  # the null class of condition dropout is not a draw
+    share = float((y == 1).float().mean())
+    if rare_share is None:
+        assert 4 / 36 + 0.05 < share < 1 / 3 - 0.05
+    else:
+        assert abs(share - rare_share) < 0.04

@@ -124,6 +124,9 @@ class DiffusionConfig:
     #: time budget of the generator's training (autoencoder included), in minutes: the number of steps
     #: is set from the throughput measured over the first steps, at most train_steps; None = train_steps
     budget_minutes: float | None = None
+    #: how often each class is drawn in training batches: image weight n_class^-class_balance; 0 = as in the
+    #: data, 1 = every class equally often (a rare class is otherwise seen, and learned, least)
+    class_balance: float = 0.0
     ema_decay: float = 0.995
     hflip: float = 0.5
     vflip: float = 0.5
@@ -505,7 +508,7 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
         "loss_weighting": Choice(("uniform", "min_snr")), "min_snr_gamma": POSITIVE, "sigma_data": POSITIVE,
         "edm_p_std": POSITIVE, "edm_sigma_min": POSITIVE, "edm_sigma_max": POSITIVE, "cond_dropout": FRACTION, "lr": POSITIVE,
         "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_1,
-        "ema_decay": FRACTION, "hflip": PROBABILITY, "vflip": PROBABILITY,
+        "ema_decay": FRACTION, "hflip": PROBABILITY, "vflip": PROBABILITY, "class_balance": Range(0, 1),
         "sampler": Choice(("dpmsolver++", "ddim", "ddpm")), "sample_steps": AT_LEAST_1, "guidance": AT_LEAST_0,
         "checkpoint_every": AT_LEAST_0, "log_every": AT_LEAST_1,
         "budget_minutes": POSITIVE, "guidance_candidates": Each(AT_LEAST_0), "guidance_samples_per_class": AT_LEAST_1,

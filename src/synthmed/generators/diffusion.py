@@ -120,6 +120,13 @@ class DiffusionGenerator(Generator):
         latents = torch.stack([ae.encode(v).cpu() for v in variants])  # (V, N, c, s, s)
         return latents, y, len(variants)
 
+    def _draw_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        """Per-image probability of being drawn into a batch, n_class^-class_balance (normalised): with 1 every
+        class fills the same share of the batches however few images it has."""
+        counts = torch.bincount(labels.cpu(), minlength=self.num_classes).double()
+        w = counts[labels.cpu()] ** -self.cfg.class_balance
+        return (w / w.sum()).float()
+
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, *, resume: bool = True,
             checkpoint_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
         if train.synthetic:
@@ -177,6 +184,7 @@ class DiffusionGenerator(Generator):
         ema_params = list(self.ema.parameters())
         params = list(self.unet.parameters())
         bs = min(cfg.batch_size, n)
+        draw_weights = self._draw_weights(labels) if cfg.class_balance > 0 else None
         self.unet.train()
         t_start, running, run_n = time.time(), 0.0, 0
         bar = tqdm(total=total, initial=self.step, desc="diffusion", disable=not progress)
@@ -189,7 +197,10 @@ class DiffusionGenerator(Generator):
             if budget_s is not None and spent() >= budget_s:
                 self._stop_at_deadline(total)  # the machine got slower than measured: the budget still holds
                 break
-            idx = torch.randint(0, n, (bs,), generator=gen)
+            if draw_weights is None:
+                idx = torch.randint(0, n, (bs,), generator=gen)
+            else:
+                idx = torch.multinomial(draw_weights, bs, replacement=True, generator=gen)
             y = labels[idx]
             if n_variants is None:
                 x0 = data[idx]
