@@ -16,6 +16,7 @@ real validation split, scored on the full test split, with paired 95% t interval
     python benchmarks/generator_quality.py --only full          # ~35 min on 2 CPU cores (generator 30 min)
     python benchmarks/generator_quality.py --only 50            # 3 generators + 12 classifiers
     python benchmarks/generator_quality.py --only 200
+    python benchmarks/generator_quality.py --only 50 --guidance-sweep 1,1.5,2,3   # rescore trained ones
     python benchmarks/generator_quality.py --preset pixel28 --set generator.formulation=edm
     python benchmarks/generator_quality.py --device cuda --full-steps 20000 --subset-steps 8000   # GPU size
 
@@ -91,9 +92,9 @@ def real_floor(extractor, val, test, counts, seed=0) -> dict:
     return {"fd": ev["rows"][0]["metrics"]["fid"]["value"], "n": int(len(idx))}
 
 
-def score_generator(gen, train, splits, judge, n_per_class: int, seed: int) -> dict:
+def score_generator(gen, train, splits, judge, n_per_class: int, seed: int, guidance: float | None = None) -> dict:
     t0 = time.time()
-    syn = gen.sample([n_per_class] * len(splits.class_names), seed=seed, progress=False)
+    syn = gen.sample([n_per_class] * len(splits.class_names), seed=seed, guidance=guidance, progress=False)
     sample_seconds = time.time() - t0
     ca = conditional_accuracy(judge.classifier, syn)
     ev = evaluate(splits.test, syn, judge, metrics=("fid", "precision", "recall", "coverage"), per_class=False,
@@ -110,7 +111,20 @@ def score_generator(gen, train, splits, judge, n_per_class: int, seed: int) -> d
         "fd_real_floor": floor["fd"], "fd_ratio": m["fid"]["value"] / max(floor["fd"], 1e-12),
         "precision": m["precision"]["value"], "recall": m["recall"]["value"], "coverage": m["coverage"]["value"],
         "memorisation_flagged": audit["overall"]["n_flagged"], "memorisation_n": audit["overall"]["n"],
-    }, syn
+        # how often the same rule flags training images against the rest of the training split: the rate
+        # expected of images that copy nothing, to read the flags against
+        "memorisation_baseline_fraction": {space: v["baseline_fraction"] for space, v in audit["spaces"].items()},
+        "memorisation_flagged_by_space": {space: v["n_flagged"] for space, v in audit["spaces"].items()},
+        "guidance": syn.meta.get("guidance"),
+    }, syn, audit
+
+
+def save_pairs(audit, train, syn, path: Path) -> None:
+    """The audit's most copy-like synthetic images beside their nearest training image."""
+    from synthmed.metrics.memorisation import worst_pairs_grid
+    from synthmed.report.figures import save_png
+
+    save_png(worst_pairs_grid(audit, train, syn), path)
 
 
 def save_grid(syn, path: Path, per_class: int = 8) -> None:
@@ -129,8 +143,9 @@ def part_full(args, cfg, splits, judge, device) -> dict:
                               seed=cfg.seed)
         gen.fit(splits.train, splits.val, checkpoint_dir=args.work / "full" / "checkpoints", progress=True)
         gen.save(folder)
-    scores, syn = score_generator(gen, splits.train, splits, judge, args.samples_per_class, seed=cfg.seed + 1)
+    scores, syn, audit = score_generator(gen, splits.train, splits, judge, args.samples_per_class, seed=cfg.seed + 1)
     save_grid(syn, args.grids / "generator_quality_full.png")
+    save_pairs(audit, splits.train, syn, args.grids / "generator_quality_full_memorisation.png")
     return {"generator": gen.describe()["summary"], "scores": scores,
             "generator_steps": args.full_steps, "samples_per_class": args.samples_per_class}
 
@@ -147,16 +162,46 @@ def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
     per_subset = []
     for i, sub in enumerate(subsets):
         gen = load_generator(exp_dir / "generators" / f"repeat{i}", device=device)
-        scores, syn = score_generator(gen, sub, splits, judge, args.samples_per_class, seed=cfg.seed + 1 + i)
+        scores, syn, audit = score_generator(gen, sub, splits, judge, args.samples_per_class, seed=cfg.seed + 1 + i)
         per_subset.append(scores)
         if i == 0:
             save_grid(syn, args.grids / f"generator_quality_{size}.png")
+            save_pairs(audit, sub, syn, args.grids / f"generator_quality_{size}_memorisation.png")
     summary = [r for r in res["summary"] if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
     return {"seconds": time.time() - t0, "downstream": summary, "generators": per_subset,
             "generator_steps": args.subset_steps, "samples_per_class": args.samples_per_class,
             "mean": {k: float(np.mean([s[k] for s in per_subset])) for k in
                      ("conditional_accuracy", "fd", "fd_real_floor", "fd_ratio", "precision", "recall", "coverage",
                       "train_seconds")}}
+
+
+def guidance_sweep(args, splits, judge, device) -> dict:
+    """Score the generators already trained under --work at each --guidance-sweep scale: the trade between
+    class-recognisability (conditional accuracy) and diversity (coverage, FD) that the scale sets.
+    Test-split figures, for the table only; a run chooses its scale on the validation split."""
+    scales = [float(v) for v in args.guidance_sweep.split(",")]
+    out: dict = {}
+    for part in args.only.split(","):
+        if part == "full":
+            folders = [(args.work / "full" / "generator", splits.train)]
+        else:
+            subsets = disjoint_subsets(splits.train, 3, n_per_class=int(part), seed=0)
+            folders = [(args.work / f"n{part}" / "generators" / f"repeat{i}", sub) for i, sub in enumerate(subsets)]
+        folders = [(f, t) for f, t in folders if (f / "generator.json").is_file()]
+        if not folders:
+            raise SystemExit(f"--guidance-sweep: no trained generator for part {part} under {args.work}; run it first")
+        rows = []
+        for w in scales:
+            scores = [score_generator(load_generator(f, device=device), t, splits, judge, args.samples_per_class,
+                                      seed=1 + i, guidance=w)[0] for i, (f, t) in enumerate(folders)]
+            rows.append({"guidance": w, "n_generators": len(scores), **{
+                k: float(np.mean([sc[k] for sc in scores])) for k in
+                ("conditional_accuracy", "fd", "fd_real_floor", "fd_ratio", "precision", "recall", "coverage",
+                 "memorisation_flagged")},
+                "memorisation_baseline_fraction": scores[0]["memorisation_baseline_fraction"]})
+            print(rows[-1], flush=True)
+        out[part] = {"samples_per_class": args.samples_per_class, "rows": rows}
+    return out
 
 
 def verdicts(results: dict) -> dict:
@@ -216,6 +261,15 @@ def markdown(results: dict) -> str:
             d = r.get("vs_baseline") or {}
             diff = "–" if d.get("mean") is None else f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
             lines.append(f"| {r['protocol']} | {r['mean']:.3f} ± {(r.get('std') or 0):.3f} | {diff} |")
+    for part, sw in results.get("guidance_sweep", {}).items():
+        lines += ["", f"## Guidance scale, part {part} ({sw['samples_per_class']} per class, mean over "
+                  f"{sw['rows'][0]['n_generators']} generator(s))", "",
+                  "| guidance | cond. acc. | FD | floor | FD/floor | precision | recall | coverage | flagged |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sw["rows"]:
+            lines.append(f"| {r['guidance']:g} | {r['conditional_accuracy']:.3f} | {r['fd']:.2f} | "
+                         f"{r['fd_real_floor']:.2f} | {r['fd_ratio']:.1f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                         f"{r['coverage']:.3f} | {r['memorisation_flagged']:.0f} |")
     lines += ["", "## Targets", ""]
     for name, v in results.get("verdicts", {}).items():
         lines.append(f"- {name}: {'met' if v['met'] else 'MISSED'} ({TARGETS[name]}): {v['by']}")
@@ -233,6 +287,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500, help="optimizer steps of every downstream classifier")
     ap.add_argument("--samples-per-class", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--guidance-sweep", default="", metavar="W1,W2,...",
+                    help="only rescore the generators already trained for --only at these guidance scales")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", type=Path, default=Path("runs/generator_quality"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -260,6 +316,15 @@ def main() -> None:
         "platform": platform.platform(), "generator_settings": dataclasses.asdict(cfg.generator),
     }
     results.setdefault("parts", {})
+    if args.guidance_sweep:
+        sweep = guidance_sweep(args, splits, judge, device)
+        on_disk = json.loads(out.read_text()) if out.is_file() else {}
+        results = {**on_disk, "setup": results["setup"],
+                   "guidance_sweep": {**on_disk.get("guidance_sweep", {}), **sweep}}
+        atomic_write_text(json.dumps(results, indent=1, default=str) + "\n", out)
+        atomic_write_text(markdown(results), out.with_suffix(".md"))
+        print(markdown(results), flush=True)
+        return
     for part in args.only.split(","):
         t0 = time.time()
         if part == "full":

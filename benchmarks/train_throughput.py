@@ -19,6 +19,7 @@ and classifier-free guidance done as two separate forward passes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -145,6 +146,8 @@ def main() -> None:
     ap.add_argument("--sample-n", type=int, default=128)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the loop with generator.compile (torch.compile; compile time excluded)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -178,6 +181,20 @@ def main() -> None:
     _sync(device)
     ours = args.steps * g.batch_size / (time.perf_counter() - t0)
     ref = reference_training(g, ds, device, args.steps, warm)
+    compiled = None
+    if args.compile:
+        gc = dataclasses.replace(g, compile=True, train_steps=warm)
+        genc = DiffusionGenerator(gc, image_size=size, channels=ds.channels, class_names=ds.class_names, device=device)
+        t0 = time.perf_counter()
+        genc.fit(ds, progress=False)  # the first steps compile
+        compile_seconds = time.perf_counter() - t0
+        genc.cfg = dataclasses.replace(gc, train_steps=warm + args.steps)
+        _sync(device)
+        t0 = time.perf_counter()
+        genc.fit(ds, progress=False)
+        _sync(device)
+        compiled = {"images_per_second": args.steps * g.batch_size / (time.perf_counter() - t0),
+                    "compile_and_warmup_seconds": compile_seconds}
 
     x = torch.randn(g.batch_size, ds.channels, size, size, device=device)
     t = torch.randint(0, g.num_train_timesteps, (g.batch_size,), device=device)
@@ -193,6 +210,10 @@ def main() -> None:
     result.update({
         "num_parameters": sum(p.numel() for p in gen.unet.parameters()),
         "train_images_per_second": {"synthmed": ours, "reference": ref, "ratio": ours / ref},
+        "train_images_per_second_compiled": None if compiled is None else {
+            **compiled, "ratio_to_reference": compiled["images_per_second"] / ref,
+            "ratio_to_eager": compiled["images_per_second"] / ours,
+            "fraction_of_matmul_peak": flops * compiled["images_per_second"] / g.batch_size / 1e9 / peak},
         "train_step_gflop_per_image": flops / g.batch_size / 1e9,
         "achieved_gflops": achieved,
         "fraction_of_matmul_peak": achieved / peak,

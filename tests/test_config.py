@@ -167,3 +167,24 @@ def test_validated_config_can_be_replaced_and_checked_again():
         C.validate(bad)
     C.validate(bad, for_training=False)  # only real data is loaded: the U-Net size does not matter
     assert cfg.data.image_size == 32
+
+
+def test_budget_presets_build_on_their_base_and_set_the_budget():
+    base = load_config(preset="pixel28").generator
+    for minutes in (10, 30, 60):
+        g = load_config(preset=f"pixel28-{minutes}min").generator
+        assert g.budget_minutes == minutes and g.train_steps > base.train_steps
+        assert g.block_out_channels == base.block_out_channels and g.formulation == base.formulation
+    gpu = load_config(preset="pixel28-gpu")
+    assert gpu.device == "cuda" and gpu.data.image_size == 28 and gpu.generator.compile
+
+
+def test_a_preset_that_builds_on_itself_is_refused(monkeypatch, tmp_path):
+    import synthmed.config as config
+
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "a.yaml").write_text("preset: b\n")
+    (tmp_path / "presets" / "b.yaml").write_text("preset: a\n")
+    monkeypatch.setattr(config.resources, "files", lambda pkg: tmp_path)
+    with pytest.raises(ConfigError, match="builds on itself"):
+        preset_dict("a")

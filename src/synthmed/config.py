@@ -141,6 +141,9 @@ class DiffusionConfig:
     guidance_samples_per_class: int = 32
     #: bf16 autocast on CUDA devices that support it; always float32 on CPU
     mixed_precision: bool = True
+    #: torch.compile the denoiser for training (inductor; the first steps are slow while it compiles, and
+    #: it needs a C++ compiler on CPU); the saved weights are the same either way
+    compile: bool = False
     checkpoint_every: int = 500
     log_every: int = 25
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -580,11 +583,19 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def preset_dict(name: str) -> dict:
+def preset_dict(name: str, _seen: tuple[str, ...] = ()) -> dict:
+    """A preset's values; a preset whose ``preset:`` key names another is that one with its own values on top
+    (the budget tiers share one network this way)."""
     path = resources.files("synthmed") / "presets" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset '{name}'; available: {', '.join(preset_names())}")
-    return yaml.safe_load(path.read_text()) or {}
+    values = yaml.safe_load(path.read_text()) or {}
+    parent = values.pop("preset", None)
+    if parent is None:
+        return values
+    if parent in _seen + (name,):
+        raise ConfigError(f"preset '{name}' builds on itself through {' -> '.join(_seen + (name, parent))}")
+    return merge(preset_dict(parent, _seen + (name,)), values)
 
 
 def load_config(path: str | Path | None = None, preset: str | None = None, overrides: dict | None = None) -> RunConfig:

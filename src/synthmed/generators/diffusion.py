@@ -92,6 +92,10 @@ class DiffusionGenerator(Generator):
     def _net(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t, class_labels=y).sample
 
+    def _compiled_net(self):
+        compiled = torch.compile(self.unet)  # shares the parameters: optimiser, EMA and checkpoints are unchanged
+        return lambda x, t, y: compiled(x, t, class_labels=y).sample
+
     # ------------------------------------------------------------------ training
     def _training_tensors(self, train: ImageDataset, val: ImageDataset | None, progress: bool):
         """Everything the loop samples from, prepared once: pixels, or latents of each flip variant."""
@@ -185,6 +189,7 @@ class DiffusionGenerator(Generator):
         params = list(self.unet.parameters())
         bs = min(cfg.batch_size, n)
         draw_weights = self._draw_weights(labels) if cfg.class_balance > 0 else None
+        train_net = self._compiled_net() if cfg.compile else self._net
         self.unet.train()
         t_start, running, run_n = time.time(), 0.0, 0
         bar = tqdm(total=total, initial=self.step, desc="diffusion", disable=not progress)
@@ -217,7 +222,7 @@ class DiffusionGenerator(Generator):
             drop = (torch.rand(bs, generator=gen) < cfg.cond_dropout).to(dev)
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = self.formulation.loss(self._net, x0, y, gen)
+                loss = self.formulation.loss(train_net, x0, y, gen)
             if not torch.isfinite(loss):
                 raise GeneratorError(
                     f"loss became {loss.item()} at step {self.step}; lower generator.lr (now {cfg.lr}) "
