@@ -151,7 +151,8 @@ class R3GANConfig:
 
     kind: str = "r3gan"
     #: channels of each resolution stage, lowest first; the first stage is image_size / 2^(stages-1) px
-    widths: list[int] = field(default_factory=lambda: [128, 128, 128])
+    #: (fewest channels at full resolution: the CPU cost is there)
+    widths: list[int] = field(default_factory=lambda: [128, 64, 32])
     #: residual blocks per stage (R3GAN: 2)
     blocks_per_stage: int = 1
     #: groups of the 3x3 grouped convolution in each block (R3GAN CIFAR: 96)
@@ -163,7 +164,7 @@ class R3GANConfig:
     embed_dim: int = 64
     batch_size: int = 32
     #: training length in kimg (thousands of real images shown to the discriminator)
-    train_kimg: float = 200.0
+    train_kimg: float = 30.0
     #: time budget in minutes: the length (and every schedule with it) is scaled to fit at the speed
     #: measured over the first steps, at most train_kimg; None = train_kimg
     budget_minutes: float | None = None
@@ -182,7 +183,7 @@ class R3GANConfig:
     beta2_end: float = 0.99
     #: EMA of G: half-life in kimg at the start and end of the burn-in (0 = no averaging)
     ema_half_life_start_kimg: float = 0.0
-    ema_half_life_end_kimg: float = 10.0
+    ema_half_life_end_kimg: float = 3.0
     #: probability of each differentiable augmentation, on the same schedule (0 -> 0.6 for small data)
     aug_start: float = 0.0
     aug_end: float = 0.6
@@ -208,15 +209,15 @@ class ProGANConfig:
     kind: str = "progan"
     #: channels at each resolution, lowest first; growing starts at image_size / 2^(levels-1) px
     #: (4x4 for 32/64/256 px; 7x7 for 28 px MedMNIST, grown 7 -> 14 -> 28 without resizing)
-    widths: list[int] = field(default_factory=lambda: [128, 128, 64])
+    widths: list[int] = field(default_factory=lambda: [128, 64, 32])
     latent_dim: int = 128
     #: label embedding joined to the noise in G; D projects its features on an embedding of the label
     embed_dim: int = 32
     batch_size: int = 32
     #: kimg of each fade-in and of each stabilisation phase (official ProGAN: 600 + 600)
-    phase_kimg: float = 20.0
+    phase_kimg: float = 5.0
     #: total kimg; after the last fade-in, training goes on at full resolution until here
-    train_kimg: float = 150.0
+    train_kimg: float = 30.0
     budget_minutes: float | None = None
     lr: float = 1e-3
     adam_beta1: float = 0.0
@@ -226,7 +227,7 @@ class ProGANConfig:
     drift: float = 1e-3
     #: images per group of the minibatch standard deviation
     mbstd_group: int = 4
-    ema_half_life_kimg: float = 10.0
+    ema_half_life_kimg: float = 2.0
     hflip: float = 0.5
     vflip: float = 0.0
     fd_every_kimg: float = 0.0
@@ -715,10 +716,15 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
         values["preset"] = preset
     for layer in layers:
         values = merge(values, layer)
-    # `generator:` holds the settings of one kind: its defaults are that kind's, not diffusion's
+    # `generator:` holds the settings of one kind: its defaults are that kind's, not diffusion's. A layer
+    # that switches the kind (`--set generator.kind=r3gan` on the demo preset) starts its settings afresh:
+    # the earlier layers' settings belong to another kind
     generator = {}
     for layer in layers:
         if isinstance(layer.get("generator"), dict):
+            kind = layer["generator"].get("kind")
+            if kind is not None and kind != generator.get("kind", "diffusion"):
+                generator = {}
             generator = merge(generator, layer["generator"])
     if isinstance(values.get("generator"), dict):
         values["generator"] = merge(asdict(generator_config_class(generator)()), generator)

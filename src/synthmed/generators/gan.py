@@ -414,7 +414,7 @@ class GANGenerator(Generator):
         x = torch.cat(out) if out else torch.zeros((0, self.channels, self.image_size, self.image_size))
         seconds = time.time() - t0
         meta = {
-            "generator": self.kind, **self.sampling_defaults, "seed": seed,
+            "generator": self.kind, "space": "pixel", **self.sampling_defaults, "seed": seed,
             "train_fingerprint": self.train_fingerprint, "seconds": seconds,
             "images_per_second": len(labels) / max(seconds, 1e-9),
             "train_class_counts": self.history.get("train_class_counts"), "train_steps": self.step,
