@@ -204,7 +204,10 @@ class ProGANGenerator(GANGenerator):
     def _relative_step_cost(self, progress_kimg: np.ndarray, scale: float) -> np.ndarray:
         # a step costs about as much as the pixels it works on: 4x per level
         phase = self.cfg.phase_kimg * scale
-        levels = np.array([growth_state(float(k), self.levels, phase)[0] for k in np.atleast_1d(progress_kimg)])
+        if phase <= 0:
+            return np.full(np.shape(np.atleast_1d(progress_kimg)), 4.0 ** (self.levels - 1))
+        p = np.atleast_1d(progress_kimg) / phase  # the level of growth_state, for many points at once
+        levels = np.where(p < 1, 0, np.minimum(1 + np.floor((p - 1) / 2), self.levels - 1))
         return 4.0 ** levels
 
     def _make_optimizers(self):
