@@ -304,3 +304,39 @@ def test_evaluate_reads_synthmeds_own_sample_folder_through_folder(tmp_path, cap
     assert ca["class_names"] == names and ca["synthetic"]["n"] == 8
     assert [ca["per_class"][name]["n"] for name in names] == [4, 4]
     assert "memorisation" not in audit
+
+
+GAN_TINY = {
+    "r3gan": ["--set", "generator.widths=[16,16]", "--set", "generator.cardinality=4", "--set", "generator.noise_dim=8",
+              "--set", "generator.train_kimg=0.064", "--set", "generator.fd_every_kimg=0.032",
+              "--set", "generator.fd_samples=20"],
+    "progan": ["--set", "generator.widths=[16,16]", "--set", "generator.latent_dim=8", "--set", "generator.phase_kimg=0.016",
+               "--set", "generator.train_kimg=0.064"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GAN_TINY))
+def test_run_with_a_gan_kind_trains_samples_resumes_and_reports(kind, tmp_path, capsys):
+    argv = ["run", "--out", str(tmp_path), "--name", kind, "--quiet", "--threads", "1",
+            "--set", "data.embryo_per_class=[30,20,30]", "--image-size", "16", "--set", f"generator.kind={kind}",
+            "--set", "generator.batch_size=16", "--set", "generator.log_every=1", *GAN_TINY[kind],
+            "--set", "samples_per_class=4", "--set", "downstream.seeds=[0,1]", "--set", "downstream.classifier.epochs=1",
+            "--set", "evaluate.judge.epochs=1", "--set", "evaluate.n_boot=0"]
+    assert main(argv) == 0
+    run = tmp_path / kind
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["generator"]["kind"] == kind and metrics["generator"]["adversarial"] is True
+    assert metrics["sampling"]["sampler"] == "single pass" and metrics["sampling"]["guidance"] is None
+    assert metrics["sampling"]["images_per_second"] > 0
+    assert set(metrics["diversity"]["per_class"]) == {"2-cell", "3-cell", "4-cell"}
+    html = (run / "report.html").read_text()
+    assert 'id="diversity"' in html and "Discriminator loss" in html
+    if kind == "r3gan":
+        assert metrics["generator"]["fd_curve"] and "FD during training" in html
+    # a finished run resumes at its last step; sample works from the saved generator
+    assert main(["train", "--out", str(tmp_path), "--name", kind, "--quiet", "--threads", "1", *argv[6:]]) == 0
+    assert main(["sample", str(run), "--per-class", "2", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert load_image_set(tmp_path / "s").class_counts() == [2, 2, 2]
+    # guidance does not exist for a GAN: one error line, exit 2
+    assert main(["sample", str(run), "--guidance", "2", "--quiet"]) == 2
+    assert "generator.guidance" in capsys.readouterr().err

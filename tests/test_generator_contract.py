@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from toydata import toy
 
-from synthmed.config import AutoencoderConfig, DiffusionConfig
+from synthmed.config import AutoencoderConfig, DiffusionConfig, ProGANConfig, R3GANConfig
 from synthmed.data.dataset import DataSplits
 from synthmed.downstream.quick import LeakageError, check_no_leakage
 from synthmed.generators.base import Generator, GeneratorError
@@ -32,6 +32,18 @@ TINY = {
         log_every=2, sample_steps=3, checkpoint_every=steps // 2 or 1,
         autoencoder=AutoencoderConfig(block_out_channels=[8, 8], latent_channels=4, train_steps=6, batch_size=8)),
         "train_steps"),
+    # GANs count training in kimg: `steps` steps of batch 8 are steps * 8 / 1000 kimg. R3GAN's schedules
+    # run over the whole training, so a shorter run has other values along the way: here they are held
+    # constant (start = end) for "resume continues exactly" to compare like with like
+    "r3gan": (lambda steps: R3GANConfig(widths=[16, 16], cardinality=4, noise_dim=8, embed_dim=8, batch_size=8,
+                                        train_kimg=steps * 8 / 1000, lr_start=2e-3, lr_end=2e-3, gamma_start=0.1,
+                                        gamma_end=0.1, beta2_start=0.99, beta2_end=0.99, aug_start=0.3, aug_end=0.3,
+                                        ema_half_life_start_kimg=0.01, ema_half_life_end_kimg=0.01, log_every=2,
+                                        checkpoint_every=steps // 2 or 1), "train_kimg"),
+    # progressive growing 4 -> 8 px within the first 3 steps (phase 1 step = 0.008 kimg)
+    "progan": (lambda steps: ProGANConfig(widths=[16, 16], latent_dim=8, embed_dim=4, batch_size=8, phase_kimg=0.008,
+                                          train_kimg=steps * 8 / 1000, ema_half_life_kimg=0.01, log_every=2,
+                                          checkpoint_every=steps // 2 or 1), "train_kimg"),
 }
 CASES = sorted(TINY)
 

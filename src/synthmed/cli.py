@@ -130,7 +130,7 @@ def _config_from_args(args, default_preset: str | None = None):
     if args.dataset and args.dataset.startswith("medmnist:") and args.image_size is None and not config:
         # MedMNIST images are 28 px: keep them native unless the user asks otherwise
         overrides.setdefault("data", {}).setdefault("image_size", 28)
-        if preset == "demo":
+        if preset == "demo" and (overrides.get("generator") or {}).get("kind", "diffusion") == "diffusion":
             overrides.setdefault("generator", {}).setdefault("block_out_channels", [32, 64, 64])
     with _naming_flags(args):
         return load_config(config, preset=preset, overrides=overrides)
@@ -177,12 +177,13 @@ def cmd_sample(args) -> int:
     n = cfg.samples_per_class or 100
     folder = Path(args.out) if args.out else run_dir / "samples"
     g = cfg.generator
-    guidance = g.guidance
+    # GAN kinds have no guidance, sampler or steps (their configs lack the keys): None = the generator's own
+    guidance = getattr(g, "guidance", None)
     if "guidance" not in (overrides.get("generator") or {}) and pipeline.chosen_guidance(run_dir) is not None:
         guidance = pipeline.chosen_guidance(run_dir)  # the scale the run chose on its validation split
     pipeline.step_sample(cfg, run_dir, gen, [n] * len(gen.class_names), guidance=guidance,
                          seed=cfg.seed if args.seed is not None else None, folder=folder, quiet=args.quiet,
-                         sampler=g.sampler, steps=g.sample_steps)
+                         sampler=getattr(g, "sampler", None), steps=getattr(g, "sample_steps", None))
     print(f"samples: {folder.resolve()}")
     return 0
 

@@ -149,8 +149,102 @@ class DiffusionConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
 
+@dataclass
+class R3GANConfig:
+    """R3GAN (Huang et al. 2024): relativistic pairing loss + zero-centred R1 and R2, ResNeXt-style
+    networks without normalisation, every setting on a burn-in schedule over kimg (docs/gans.md).
+    Defaults: the CPU size for 28 px (`r3gan28`); `r3gan-small` is the paper's 256 px setting."""
+
+    kind: str = "r3gan"
+    #: channels of each resolution stage, lowest first; the first stage is image_size / 2^(stages-1) px
+    #: (fewest channels at full resolution: the CPU cost is there)
+    widths: list[int] = field(default_factory=lambda: [128, 64, 32])
+    #: residual blocks per stage (R3GAN: 2)
+    blocks_per_stage: int = 1
+    #: groups of the 3x3 grouped convolution in each block (R3GAN CIFAR: 96)
+    cardinality: int = 16
+    #: channels of a block's inner layers = expansion x its width (R3GAN: 2)
+    expansion: int = 2
+    noise_dim: int = 64
+    #: class embedding joined to the noise in G, and projected onto D's features
+    embed_dim: int = 64
+    batch_size: int = 32
+    #: training length in kimg (thousands of real images shown to the discriminator)
+    train_kimg: float = 30.0
+    #: time budget in minutes: the length (and every schedule with it) is scaled to fit at the speed
+    #: measured over the first steps, at most train_kimg; None = train_kimg
+    budget_minutes: float | None = None
+    #: burn-in as a fraction of training (may exceed 1: the schedules then never reach their end)
+    burn_in: float = 1.5
+    #: "cosine" 0.5(1 + cos(pi x)) or "squared" 0.5(1 + cos(pi x^2)) (delayed decay)
+    schedule: str = "cosine"
+    lr_start: float = 2e-4
+    lr_end: float = 5e-5
+    #: R1 and R2 each weigh gamma / 2; rises for small data (r3gan-small 5 -> 40 at 256 px; gamma scales
+    #: with resolution squared, so 28 px takes about 1/80 of it)
+    gamma_start: float = 0.05
+    gamma_end: float = 0.4
+    adam_beta1: float = 0.0
+    beta2_start: float = 0.9
+    beta2_end: float = 0.99
+    #: EMA of G: half-life in kimg at the start and end of the burn-in (0 = no averaging)
+    ema_half_life_start_kimg: float = 0.0
+    ema_half_life_end_kimg: float = 3.0
+    #: probability of each differentiable augmentation, on the same schedule (0 -> 0.6 for small data)
+    aug_start: float = 0.0
+    aug_end: float = 0.6
+    #: which ones: translation, flip, colour, cutout
+    augmentations: list[str] = field(default_factory=lambda: ["translation", "flip", "colour", "cutout"])
+    #: truncation psi of the noise at sampling; None = off (the full distribution)
+    truncation: float | None = None
+    #: FD of fd_samples generated images against the real validation split every this many kimg
+    #: (stand-in features: fixed random conv net); 0 = off
+    fd_every_kimg: float = 0.0
+    fd_samples: int = 500
+    #: sample from the snapshot with the lowest FD on that curve (the paper's choice), not the last
+    keep_best: bool = True
+    checkpoint_every: int = 500
+    log_every: int = 25
+
+
+@dataclass
+class ProGANConfig:
+    """Conditional ProGAN with WGAN-GP (`blastdiffusion`'s Blastocyst-GAN baseline; Karras et al. 2018):
+    progressive growing with fade-in, minibatch stddev, pixel norm, equalised learning rate (docs/gans.md)."""
+
+    kind: str = "progan"
+    #: channels at each resolution, lowest first; growing starts at image_size / 2^(levels-1) px
+    #: (4x4 for 32/64/256 px; 7x7 for 28 px MedMNIST, grown 7 -> 14 -> 28 without resizing)
+    widths: list[int] = field(default_factory=lambda: [128, 64, 32])
+    latent_dim: int = 128
+    #: label embedding joined to the noise in G; D projects its features on an embedding of the label
+    embed_dim: int = 32
+    batch_size: int = 32
+    #: kimg of each fade-in and of each stabilisation phase (official ProGAN: 600 + 600)
+    phase_kimg: float = 5.0
+    #: total kimg; after the last fade-in, training goes on at full resolution until here
+    train_kimg: float = 30.0
+    budget_minutes: float | None = None
+    lr: float = 1e-3
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.99
+    #: WGAN-GP gradient penalty weight and the drift term on D(real)^2
+    gp_lambda: float = 10.0
+    drift: float = 1e-3
+    #: images per group of the minibatch standard deviation
+    mbstd_group: int = 4
+    ema_half_life_kimg: float = 2.0
+    hflip: float = 0.5
+    vflip: float = 0.0
+    fd_every_kimg: float = 0.0
+    fd_samples: int = 500
+    keep_best: bool = True
+    checkpoint_every: int = 500
+    log_every: int = 25
+
+
 #: config class of every generator kind: `generator.kind` picks which one `generator:` is read as
-GENERATOR_CONFIGS: dict[str, type] = {"diffusion": DiffusionConfig}
+GENERATOR_CONFIGS: dict[str, type] = {"diffusion": DiffusionConfig, "r3gan": R3GANConfig, "progan": ProGANConfig}
 
 
 @dataclass
@@ -516,6 +610,26 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
         "checkpoint_every": AT_LEAST_0, "log_every": AT_LEAST_1,
         "budget_minutes": POSITIVE, "guidance_candidates": Each(AT_LEAST_0), "guidance_samples_per_class": AT_LEAST_1,
     },
+    R3GANConfig: {
+        "kind": Choice(("r3gan",)), "widths": WIDTHS, "blocks_per_stage": AT_LEAST_1, "cardinality": AT_LEAST_1,
+        "expansion": AT_LEAST_1, "noise_dim": AT_LEAST_1, "embed_dim": AT_LEAST_1, "batch_size": Range(2),
+        "train_kimg": POSITIVE, "budget_minutes": POSITIVE, "burn_in": POSITIVE,
+        "schedule": Choice(("cosine", "squared")), "lr_start": POSITIVE, "lr_end": POSITIVE,
+        "gamma_start": AT_LEAST_0, "gamma_end": AT_LEAST_0, "adam_beta1": FRACTION, "beta2_start": FRACTION,
+        "beta2_end": FRACTION, "ema_half_life_start_kimg": AT_LEAST_0, "ema_half_life_end_kimg": AT_LEAST_0,
+        "aug_start": PROBABILITY, "aug_end": PROBABILITY,
+        "augmentations": Each(Choice(("translation", "flip", "colour", "cutout"))),
+        "truncation": Range(0, 1, lo_open=True), "fd_every_kimg": AT_LEAST_0, "fd_samples": Range(2),
+        "checkpoint_every": AT_LEAST_0, "log_every": AT_LEAST_1,
+    },
+    ProGANConfig: {
+        "kind": Choice(("progan",)), "widths": WIDTHS, "latent_dim": AT_LEAST_1, "embed_dim": AT_LEAST_1,
+        "batch_size": Range(2), "phase_kimg": AT_LEAST_0, "train_kimg": POSITIVE, "budget_minutes": POSITIVE,
+        "lr": POSITIVE, "adam_beta1": FRACTION, "adam_beta2": FRACTION, "gp_lambda": AT_LEAST_0,
+        "drift": AT_LEAST_0, "mbstd_group": AT_LEAST_1, "ema_half_life_kimg": AT_LEAST_0, "hflip": PROBABILITY,
+        "vflip": PROBABILITY, "fd_every_kimg": AT_LEAST_0, "fd_samples": Range(2), "checkpoint_every": AT_LEAST_0,
+        "log_every": AT_LEAST_1,
+    },
     ClassifierConfig: _CLASSIFIER_RULES,
     EvaluateConfig: {"real_split": Choice(("train", "val", "test")), "metrics": Each(Choice(METRIC_NAMES)),
                      "k": AT_LEAST_1, "n_boot": AT_LEAST_0, "grader_arch": Choice(("smallcnn", "resnet18")),
@@ -616,10 +730,15 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
         values["preset"] = preset
     for layer in layers:
         values = merge(values, layer)
-    # `generator:` holds the settings of one kind: its defaults are that kind's, not diffusion's
+    # `generator:` holds the settings of one kind: its defaults are that kind's, not diffusion's. A layer
+    # that switches the kind (`--set generator.kind=r3gan` on the demo preset) starts its settings afresh:
+    # the earlier layers' settings belong to another kind
     generator = {}
     for layer in layers:
         if isinstance(layer.get("generator"), dict):
+            kind = layer["generator"].get("kind")
+            if kind is not None and kind != generator.get("kind", "diffusion"):
+                generator = {}
             generator = merge(generator, layer["generator"])
     if isinstance(values.get("generator"), dict):
         values["generator"] = merge(asdict(generator_config_class(generator)()), generator)
@@ -646,24 +765,28 @@ def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
     skips the U-Net size check, for configs that only describe real data (evaluate, filter)."""
     _check_rules(cfg, "")
     g, data = cfg.generator, cfg.data
+    if isinstance(g, (R3GANConfig, ProGANConfig)) and for_training:
+        _check_gan_sizes(g, data.image_size)
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {data.val_fraction} + {data.test_fraction}: "
                           "must be below 1 (the rest is the training split)")
     if data.imbalance_ratio < 1 and data.minority_class is None:
         raise ConfigError(f"data.imbalance_ratio = {data.imbalance_ratio} needs data.minority_class (the class to "
                           "shrink); set it, or set imbalance_ratio: 1.0")
-    if g.formulation == "edm" and g.edm_sigma_min >= g.edm_sigma_max:
-        raise ConfigError(f"generator.edm_sigma_min = {g.edm_sigma_min} must be below generator.edm_sigma_max "
-                          f"({g.edm_sigma_max})")
-    if g.sample_steps > g.num_train_timesteps:
-        raise ConfigError(f"generator.sample_steps = {g.sample_steps}: must be at most generator.num_train_timesteps "
-                          f"({g.num_train_timesteps})")
     ev = cfg.evaluate
     if cfg.select.mode == "confidence" and ev.grader_seed_offset == 0 and ev.grader_arch in (None, ev.judge.arch):
         raise ConfigError(f"evaluate.grader_seed_offset = 0 with evaluate.grader_arch = {ev.grader_arch!r}: under "
                           "select.mode = confidence the grader of conditional accuracy would be the selecting judge "
                           "itself, which scores its own choice as correct; set evaluate.grader_seed_offset >= 1 "
                           "(default 1001) or evaluate.grader_arch to another architecture than evaluate.judge.arch")
+    if not isinstance(g, DiffusionConfig):
+        return
+    if g.formulation == "edm" and g.edm_sigma_min >= g.edm_sigma_max:
+        raise ConfigError(f"generator.edm_sigma_min = {g.edm_sigma_min} must be below generator.edm_sigma_max "
+                          f"({g.edm_sigma_max})")
+    if g.sample_steps > g.num_train_timesteps:
+        raise ConfigError(f"generator.sample_steps = {g.sample_steps}: must be at most generator.num_train_timesteps "
+                          f"({g.num_train_timesteps})")
     down = 2 ** (len(g.block_out_channels) - 1)
     if for_training and g.space == "latent":
         _check_latent_sizes(g, data.image_size, down)
@@ -672,6 +795,30 @@ def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
             f"data.image_size = {data.image_size} is not divisible by {down} "
             f"(the U-Net halves the image {len(g.block_out_channels) - 1} times); pick a multiple of {down}"
         )
+
+
+def _check_gan_sizes(g, image_size: int) -> None:
+    """A GAN grows from image_size / 2^(levels-1): that must be a whole number of at least 2 pixels."""
+    levels = len(g.widths)
+    base, rest = divmod(image_size, 2 ** (levels - 1))
+    if rest or base < 2:
+        fit = max(1, max(k for k in range(1, levels + 1) if image_size % 2 ** (k - 1) == 0 and
+                         image_size // 2 ** (k - 1) >= 2))
+        raise ConfigError(
+            f"generator.widths = {_flow(g.widths)}: {levels} resolution levels start at data.image_size "
+            f"{image_size} / {2 ** (levels - 1)}, not a whole number of at least 2 pixels; use at most {fit} "
+            f"levels (e.g. {_flow(g.widths[:fit])}) or another image size")
+    if isinstance(g, R3GANConfig):
+        bad = [w for w in g.widths if (w * g.expansion) % g.cardinality]
+        if bad:
+            raise ConfigError(f"generator.cardinality = {g.cardinality} does not divide generator.expansion x width "
+                              f"({g.expansion} x {bad[0]}); pick widths and a cardinality that divide evenly")
+    if isinstance(g, ProGANConfig):
+        growth = (2 * levels - 1) * g.phase_kimg
+        if g.train_kimg < growth - 1e-9:
+            raise ConfigError(f"generator.train_kimg = {g.train_kimg:g} ends before growing is done: {levels} levels "
+                              f"x generator.phase_kimg {g.phase_kimg:g} need {growth:g} kimg (one stabilisation phase, "
+                              "then a fade-in and a stabilisation per level); raise train_kimg or lower phase_kimg")
 
 
 def _autoencoder_levels(ae: AutoencoderConfig) -> tuple[int, str] | None:

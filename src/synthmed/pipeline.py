@@ -112,9 +112,13 @@ def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, re
     gen = build_generator(cfg.generator, image_size=train.image_size, channels=train.channels,
                           class_names=train.class_names, device=device, seed=cfg.seed)
     budget = getattr(cfg.generator, "budget_minutes", None)
-    steps = (f"up to {cfg.generator.train_steps} steps within {budget:g} min" if budget is not None
-             else f"{cfg.generator.train_steps} steps")
-    _log(f"train: {gen.describe()['summary']}, {gen.num_parameters:,} parameters, "
+    described = gen.describe()
+    if described.get("training_plan"):  # kinds that count training otherwise (GANs: kimg) say it themselves
+        steps = described["training_plan"]
+    else:
+        steps = (f"up to {cfg.generator.train_steps} steps within {budget:g} min" if budget is not None
+                 else f"{cfg.generator.train_steps} steps")
+    _log(f"train: {described['summary']}, {gen.num_parameters:,} parameters, "
          f"{steps} of batch {cfg.generator.batch_size} on {device}", quiet)
     hist = gen.fit(train, splits.val, resume=resume, checkpoint_dir=out / "checkpoints", progress=not quiet)
     gen.save(out / "generator")
@@ -123,7 +127,9 @@ def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, re
     if hist.get("budget") and hist["budget"].get("seconds_per_step"):
         b = hist["budget"]
         stopped = f", stopped at step {b['stopped_at_step']} when the time was up" if b.get("stopped_at_step") else ""
-        _log(f"train: budget {b['budget_minutes']:g} min -> {b['chosen_steps']} of {b['train_steps_cap']} steps "
+        length = (f"{b['chosen_kimg']:.4g} of {b['train_kimg_cap']:g} kimg" if b.get("chosen_kimg") is not None
+                  else f"{b['chosen_steps']} of {b['train_steps_cap']} steps")
+        _log(f"train: budget {b['budget_minutes']:g} min -> {length} "
              f"({b['seconds_per_step']:.3g} s/step measured over {b['measured_over_steps']} steps){stopped}", quiet)
     _log(f"train: done in {hist['train_seconds']:.0f} s ({hist['images_per_second']:.0f} images/s), "
          f"final loss {hist['loss_curve'][-1][1]:.4f}" if hist["loss_curve"] else "train: done", quiet)
@@ -146,8 +152,10 @@ def step_sample(cfg: RunConfig, out: Path, gen, counts: list[int], *, guidance: 
     folder = folder or out / "samples"
     save_image_set(syn, folder)
     _update_run_info(out, timings={"sample": syn.meta["seconds"]})
-    _log(f"sample: {len(syn)} images ({syn.meta['sampler']}, {syn.meta['steps']} steps, guidance "
-         f"{syn.meta['guidance']}) in {syn.meta['seconds']:.0f} s -> {folder}", quiet)
+    how = (f"{syn.meta['sampler']}, {syn.meta['steps']} steps, guidance {syn.meta['guidance']}"
+           if syn.meta.get("guidance") is not None else f"{syn.meta['sampler']}, no guidance")
+    _log(f"sample: {len(syn)} images ({how}) in {syn.meta['seconds']:.0f} s "
+         f"({syn.meta['images_per_second']:.0f} images/s) -> {folder}", quiet)
     return syn
 
 
@@ -340,6 +348,7 @@ def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judg
     ``ev_cfg.real_split`` in ``extractor``'s features, and the memorisation audit against the real
     training split. Writes ``out_dir/evaluation/{metrics.json,metrics.csv}`` and the audit's worst pairs."""
     from synthmed.metrics.conditional_accuracy import conditional_accuracy
+    from synthmed.metrics.diversity import class_diversity, diversity_warning
     from synthmed.metrics.evaluate import evaluate, format_table, write_outputs
     from synthmed.metrics.memorisation import memorisation_audit, worst_pairs_grid
     from synthmed.report.figures import save_png
@@ -368,6 +377,12 @@ def evaluate_synthetic(splits: DataSplits, synthetic: ImageDataset, ev_cfg, judg
     result["evaluation"] = ev
     if not quiet:
         print(format_table(ev), flush=True)
+    result["diversity"] = class_diversity(extractor.extract(real), real.labels, extractor.extract(synthetic),
+                                          synthetic.labels, real.class_names, k=ev_cfg.k, seed=seed)
+    stages["diversity"] = time.time() - t0 - sum(stages.values())
+    collapse = diversity_warning(result["diversity"])
+    if collapse:
+        warnings.warn(collapse)
     if ev_cfg.memorisation:
         audit = memorisation_audit(splits.train, synthetic, extractor)
         result["memorisation"] = audit
@@ -607,6 +622,9 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             **({"latent_shape": g["latent_shape"], "autoencoder_factor": g.get("autoencoder_factor")}
                if g.get("latent_shape") else {}),
             "budget": g.get("budget"), "estimate": g.get("estimate"),
+            # GAN kinds: progress in kimg, the FD curve with its best snapshot, truncation
+            **{k: g[k] for k in ("adversarial", "train_kimg", "fd_curve", "fd_reference", "sampling_network",
+                                 "truncation") if g.get(k) is not None},
         }
     s = metrics.get("sampling")
     if s:
@@ -628,7 +646,7 @@ def report_view(cfg_dict: dict, run_info: dict, data: dict, metrics: dict) -> di
             "chance": ca["chance"],
             **({"scored_by": ca["scored_by"]} if ca.get("scored_by") else {}),
         }
-    for key in ("selection", "evaluation", "memorisation"):
+    for key in ("selection", "evaluation", "diversity", "memorisation"):
         if metrics.get(key):
             view[key] = metrics[key]
     d = metrics.get("downstream")

@@ -53,7 +53,9 @@ KNOWN_LIMITS = (
 _SAMPLING_KEYS = ("sampler", "steps", "guidance", "seed", "seconds", "images_per_second")
 #: generator settings worth a line in card.md (the full config is in card.json)
 _SETTING_KEYS = ("space", "block_out_channels", "num_train_timesteps", "prediction_type", "train_steps",
-                 "batch_size", "lr", "cond_dropout", "ema_decay", "hflip", "vflip")
+                 "batch_size", "lr", "cond_dropout", "ema_decay", "hflip", "vflip",
+                 # GAN kinds (r3gan, progan)
+                 "widths", "train_kimg", "burn_in", "gamma_start", "gamma_end", "aug_end", "phase_kimg", "gp_lambda")
 
 
 def describe_set(ds, files: list[str] | None = None) -> dict:
@@ -205,8 +207,9 @@ def render_card_md(card: dict) -> str:
         "",
         "## Sampling",
         "",
-        f"Sampler {smp.get('sampler')}, {_fmt(smp.get('steps'))} steps, guidance {_fmt(smp.get('guidance'))}, "
-        f"seed {_fmt(smp.get('seed'))}.",
+        f"Sampler {smp.get('sampler')}, {_fmt(smp.get('steps'))} steps, "
+        + (f"guidance {_fmt(smp.get('guidance'))}, " if smp.get("guidance") is not None else "no guidance (GAN), ")
+        + f"seed {_fmt(smp.get('seed'))}.",
     ]
     sel = card.get("selection")
     if sel and sel.get("mode") == "confidence":

@@ -14,6 +14,8 @@ from pathlib import Path
 from synthmed.config import GENERATOR_CONFIGS
 from synthmed.generators.base import Generator, GeneratorError
 from synthmed.generators.diffusion import DiffusionGenerator
+from synthmed.generators.progan import ProGANGenerator
+from synthmed.generators.r3gan import R3GANGenerator
 
 GENERATORS: dict[str, type[Generator]] = {}
 
@@ -61,6 +63,8 @@ def load_generator(directory: str | os.PathLike, device: str | None = None) -> G
 
 
 register_generator(DiffusionGenerator)
+register_generator(R3GANGenerator)
+register_generator(ProGANGenerator)
 
 __all__ = ["register_generator", "generator_kinds", "generator_class", "build_generator", "load_generator",
            "GENERATORS"]

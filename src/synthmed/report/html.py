@@ -417,7 +417,14 @@ def _moving_average(points: list[tuple[float, float]], window: int) -> list[tupl
     return list(zip(xs, smooth.tolist()))
 
 
-def _loss_chart(curve: Any, title: str) -> str:
+def _fd_chart(curve: Any, reference: Any) -> str:
+    points = [(float(p[0]), float(p[1])) for p in (curve or []) if p is not None and len(p) >= 2]
+    what = reference.get("features") if isinstance(reference, Mapping) else None
+    return _inline_svg(line_chart_svg({"FD": points}, f"FD during training ({what or 'monitor features'})",
+                                      "kimg", "FD", log_y=True, width=530, height=320))
+
+
+def _loss_chart(curve: Any, title: str, log_y: bool = True) -> str:
     points = [(float(p[0]), float(p[1])) for p in (curve or []) if p is not None and len(p) >= 2]
     series: dict[str, list[tuple[float, float]]] = {"loss": points}
     styles: dict[str, dict] = {}
@@ -428,12 +435,17 @@ def _loss_chart(curve: Any, title: str) -> str:
         styles = {"loss (per logged step)": {"color": "#9cc3e4", "width": 1.0},
                   f"running mean ({window} points)": {"color": "#0b3d91", "width": 2.2}}
     # two charts of this width fit side by side in the page
-    return _inline_svg(line_chart_svg(series, title, "training step", "loss", log_y=True, styles=styles,
+    return _inline_svg(line_chart_svg(series, title, "training step", "loss", log_y=log_y, styles=styles,
                                       width=530, height=320))
 
 
 def _section_generator(g: dict) -> str:
-    charts = [_loss_chart(g.get("loss_curve"), "Generator training loss")]
+    adversarial = bool(g.get("adversarial"))
+    # a GAN's (discriminator) loss can be negative (WGAN) and does not fall as it learns: linear axis
+    charts = [_loss_chart(g.get("loss_curve"), "Discriminator loss" if adversarial else "Generator training loss",
+                          log_y=not adversarial)]
+    if g.get("fd_curve"):
+        charts.append(_fd_chart(g["fd_curve"], g.get("fd_reference")))
     ae = g.get("autoencoder") if isinstance(g.get("autoencoder"), Mapping) else None
     if ae and ae.get("loss_curve"):
         charts.append(_loss_chart(ae["loss_curve"], "Autoencoder training loss"))
@@ -444,6 +456,9 @@ def _section_generator(g: dict) -> str:
         "latent_shape": ("latent shape", lambda v: _e("×".join(str(d) for d in v))),
         "num_parameters": ("parameters", _count_params),
         "train_steps": ("training steps", _num),
+        "train_kimg": ("training progress", lambda v: f"{_num(v)} kimg (thousands of real images shown)"),
+        "sampling_network": ("samples drawn from", _e),
+        "truncation": ("truncation", _e),
         "train_seconds": ("training time", _seconds),
         "images_per_second": ("training throughput", lambda v: f"{_num(v)} images/s"),
         "train_fingerprint": ("trained on split", lambda v: f'<span class="mono">{_e(v)}</span>'),
@@ -480,7 +495,7 @@ def _section_generator(g: dict) -> str:
         for k, v in ae.items():
             if k not in ("reconstruction", "loss_curve") and not isinstance(v, (Mapping, list)):
                 rows.append((f"autoencoder {k.replace('_', ' ')}", _e(_num(v))))
-    skip = set(known) | {"loss_curve", "autoencoder", "config"}
+    skip = set(known) | {"loss_curve", "autoencoder", "config", "adversarial", "fd_curve", "fd_reference"}
     for k, v in g.items():
         if k not in skip and v is not None and not isinstance(v, (Mapping, list)):
             rows.append((k.replace("_", " "), _e(_num(v))))
@@ -489,6 +504,11 @@ def _section_generator(g: dict) -> str:
         config = f"<details><summary>generator config</summary><pre>{_e(_yaml(g['config']))}</pre></details>"
     caption = ("Training loss on a log scale; with many logged steps the light line is the loss as logged "
                "and the dark line its running mean.")
+    if adversarial:
+        caption = ("The discriminator's loss (linear scale): a GAN's losses stay level while it learns, so they "
+                   "say little about quality" + ("; the FD curve (against kimg, in the monitor's features, not "
+                   "comparable with the evaluation's FD) is what picked the snapshot that samples." if g.get("fd_curve")
+                   else "."))
     return ('<section id="generator"><h2>Generator training</h2>'
             + _figure(f'<div class="charts">{"".join(charts)}</div>', caption)
             + _kv_table(rows) + config + "</section>")
@@ -914,6 +934,25 @@ def _section_evaluation(ev: dict) -> str:
             f"{_figure(scroll_table, caption)}{warn_html}</section>")
 
 
+def _section_diversity(div: dict) -> str:
+    rows = []
+    for c, e in (div.get("per_class") or {}).items():
+        if not isinstance(e, Mapping):
+            continue
+        flag = "<b>collapsed?</b>" if e.get("collapsed") else "ok"
+        rows.append([_e(c), _num(e.get("n_synthetic")), _num(e.get("synthetic_spread")), _num(e.get("real_spread")),
+                     _num(e.get("spread_ratio"), 3), _frac(e.get("recall")), _frac(e.get("coverage")), flag])
+    table = _table(["class", "synthetic images", "synthetic spread", "real spread", "ratio", "recall", "coverage",
+                    "guard"], rows, numeric={1, 2, 3, 4, 5, 6})
+    caption = (f"Spread: mean pairwise feature distance within a class. A class is flagged when "
+               f"{_e(div.get('criterion') or '')}; recall and coverage (k = {_e(_num(div.get('k')))}) of the "
+               "synthetic class against the real class are shown beside it.")
+    return ('<section id="diversity"><h2>Is each class as varied as the real one?</h2>'
+            "<p>A class-conditional generator can collapse a class to a few images and still look recognisable; "
+            "this guard compares the variety of each class's synthetic images with that of its real images.</p>"
+            f"{_figure(table, caption)}</section>")
+
+
 def _section_memorisation(audit: dict) -> str:
     per_class = audit.get("per_class") or {}
     rows = [[_e(c), _num(e.get("n")), _num(e.get("n_flagged")), _frac(e.get("fraction_flagged"))]
@@ -1031,6 +1070,7 @@ def render_report(results: dict, real: ImageDataset | None = None, synthetic: Im
         ("selection", "filtering", _section_selection),
         ("conditional_accuracy", "conditional accuracy", _section_conditional_accuracy),
         ("evaluation", "distribution metrics", _section_evaluation),
+        ("diversity", "mode-collapse guard", _section_diversity),
         ("memorisation", "memorisation audit", _section_memorisation),
         ("downstream", "downstream classifier", _section_downstream),
         ("downstream_experiment", "downstream experiment", render_downstream_experiment),

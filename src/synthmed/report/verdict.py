@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from synthmed.downstream.stats import paired_difference
+from synthmed.metrics.diversity import diversity_warning
 from synthmed.metrics.reconstruction import reconstruction_warning
 
 # Below these, a number still gets computed but the report says how little it means.
@@ -308,9 +309,11 @@ def loss_still_falling(curve: Sequence, *, n_se: float = 2.0, min_relative_drop:
 
 def run_warnings(metrics: Mapping, data: Mapping | None = None) -> list[str]:
     """Warnings derived from the run's numbers: a class at or below chance, an undertrained
-    generator, a single downstream seed, a realism filter that rejects most real images."""
+    generator, a single downstream seed, a realism filter that rejects most real images, a class whose
+    synthetic images collapsed to few (the mode-collapse guard, synthmed.metrics.diversity)."""
     metrics = metrics or {}
     out = []
+    adversarial_kind = bool(_get(metrics, "generator", "adversarial"))
     ca = metrics.get("conditional_accuracy")
     if isinstance(ca, Mapping) and _num(ca.get("chance")):
         chance = float(ca["chance"])
@@ -318,9 +321,12 @@ def run_warnings(metrics: Mapping, data: Mapping | None = None) -> list[str]:
             if isinstance(e, Mapping) and _num(e.get("accuracy")) and e["accuracy"] <= chance:
                 out.append(f"class '{c}': conditional accuracy {e['accuracy']:.3f} is at or below chance "
                            f"({chance:.3f}): the judge does not recognise its synthetic images as '{c}'; train the "
-                           "generator longer (generator.train_steps) or raise generator.guidance")
+                           + ("generator longer (generator.train_kimg)" if adversarial_kind else
+                              "generator longer (generator.train_steps) or raise generator.guidance"))
     g = metrics.get("generator")
-    falling = loss_still_falling(g.get("loss_curve")) if isinstance(g, Mapping) else None
+    # a GAN's losses do not fall as it learns (the two networks keep each other in balance): not a sign
+    adversarial = isinstance(g, Mapping) and bool(g.get("adversarial"))
+    falling = loss_still_falling(g.get("loss_curve")) if isinstance(g, Mapping) and not adversarial else None
     if falling:
         f = falling
         out.append(f"the generator looks undertrained: its loss was still falling over the last 20% of training "
@@ -356,6 +362,9 @@ def run_warnings(metrics: Mapping, data: Mapping | None = None) -> list[str]:
     rec = reconstruction_warning(_get(metrics, "generator", "autoencoder", "reconstruction_judge"))
     if rec:
         out.append(rec)
+    collapse = diversity_warning(metrics.get("diversity") if isinstance(metrics.get("diversity"), Mapping) else None)
+    if collapse:
+        out.append(collapse)
     return out
 
 
