@@ -96,7 +96,7 @@ def test_admin_sees_progress_and_readers_do_not(study):
     admin = client_for(study)
     assert admin.get("/a/" + "x" * 43, follow_redirects=False).status_code == 404
     page = admin.get("/a/" + study.admin_link.rsplit("/", 1)[1])
-    assert page.status_code == 200 and "1 of 16 answers saved" in page.text
+    assert page.status_code == 200 and "1 of 16 answers saved" in page.text and " UTC" in page.text
     assert "synthetic" not in page.text.split("<table", 1)[1]  # progress only: no truth, no answers
 
 
@@ -267,3 +267,36 @@ def test_serve_binds_localhost_and_warns_when_exposed(study, monkeypatch, capsys
         app_module.serve(study.folder, host="0.0.0.0", port=8123)
     assert calls[-1]["host"] == "0.0.0.0" and calls[-1]["port"] == 8123
     assert len(caught) == 1 and "exposes the study" in str(caught[0].message)
+
+
+def test_the_class_can_be_hidden_in_turing_mode(tmp_path):
+    made = new_study(tmp_path, show_class=False)
+    page = client_for(made, "r1").get("/task").text
+    assert 'id="class-name"' not in page and "-cell" not in page
+    shown = client_for(new_study(tmp_path / "b"), "r1").get("/task").text
+    assert 'id="class-name"' in shown
+
+
+def test_a_port_in_use_is_a_one_line_error(study):
+    import socket
+
+    from synthmed.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ValueError, match=f"--port {port}: cannot listen"):
+            from synthmed.study.app import serve
+
+            serve(study.folder, port=port)
+        assert main(["study", "serve", str(study.folder), "--port", str(port)]) == 2
+
+
+def test_help_on_every_study_verb(capsys):
+    from synthmed.cli import main
+
+    for verb in ("create", "serve", "analyze", "link"):
+        with pytest.raises(SystemExit) as e:
+            main(["study", verb, "--help"])
+        assert e.value.code == 0 and "usage: synthmed study" in capsys.readouterr().out

@@ -103,7 +103,8 @@ def turing_analysis(answers: list[dict], readers: list[str]) -> dict:
         "majority_vote": {"correct": int(majority_correct), "n": n_votes, "ties": ties,
                           "accuracy": majority_correct / n_votes if n_votes else None},
         "pooled": {**_rate(pooled_correct, len(rows)), "p_value_vs_chance": binomial_test(pooled_correct, len(rows))},
-        "called_synthetic_by_source": {s: _rate(sum(v), len(v)) for s, v in sorted(by_source.items())},
+        "called_synthetic_by_source": {s: _rate(sum(v), len(v))
+                                       for s, v in sorted(by_source.items(), key=lambda kv: (kv[0] != "real", kv[0]))},
         "per_image": per_image,
     }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -218,6 +219,8 @@ def build_app(folder: str | Path) -> Starlette:
             if not db.is_admin_token(con, request.cookies.get(ADMIN_COOKIE)):
                 return message(403, "Admin only", "Open the admin link printed when the study was created.", link=None)
             rows = db.reader_progress(con)
+        for r in rows:
+            r["last"] = None if r["last"] is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["last"]))
         return page("admin.html", rows=rows, mode=mode, total_answers=sum(r["done"] for r in rows),
                     total_tasks=sum(r["total"] for r in rows))
 
@@ -265,7 +268,14 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None
 
     import uvicorn
 
+    import socket
+
     app = build_app(folder)
+    try:  # a port in use is the user's to fix: say so in one line instead of a server log
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as e:
+        raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); pick another --port") from None
     if host not in LOCAL_HOSTS:
         warnings.warn(f"study: serving on {host}:{port} exposes the study to every machine that can reach this one, "
                       "over plain HTTP (links and answers unencrypted); serve on 127.0.0.1 behind an HTTPS reverse "
