@@ -22,6 +22,7 @@ pytest.importorskip("uvicorn", reason="the reader study needs the 'study' extra:
 pytest.importorskip("selenium", reason="the browser test needs selenium: pip install -e '.[test]'")
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -62,7 +63,9 @@ def answer_with_keys(driver, *keys: str) -> None:
     body = driver.find_element(By.TAG_NAME, "body")
     for k in keys:
         body.send_keys(k)
-    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "done") or current(d)[0] != before)
+    # the page is replaced while we look: an element of the old page going stale just means "not yet"
+    WebDriverWait(driver, 30, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda d: d.find_elements(By.ID, "done") or current(d)[0] != before)
 
 
 def test_a_reader_answers_by_keyboard_reloads_and_resumes_in_chromium(tmp_path):

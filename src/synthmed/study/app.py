@@ -273,6 +273,7 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None
     app = build_app(folder)
     try:  # a port in use is the user's to fix: say so in one line instead of a server log
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
             probe.bind((host, port))
     except OSError as e:
         raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); pick another --port") from None
