@@ -73,55 +73,57 @@ def test_a_reader_answers_by_keyboard_reloads_and_resumes_in_chromium(tmp_path):
     port = free_port()
     link = made.links["r1"].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     server = start_server(made.folder, port)
-    driver = browser()
     try:
-        driver.get(link)
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "count"))
-        assert driver.current_url.endswith("/task")  # the token left the address bar
-        img = driver.find_element(By.ID, "study-image")
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return arguments[0].complete", img))
-        natural, shown = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].clientWidth]", img)
-        assert natural == 16 and shown == 512  # a 16 px image shown 32x, nearest neighbour:
-        assert driver.execute_script("return getComputedStyle(arguments[0]).imageRendering", img) == "pixelated"
-        # and the screen shows it so: every 32 x 32 block of the rendered image is one flat grey (not smoothed)
-        shot = np.asarray(Image.open(io.BytesIO(img.screenshot_as_png)).convert("L"))[:512, :512]
-        blocks = shot.reshape(16, 32, 16, 32)[:, 1:-1, :, 1:-1]
-        assert shot.shape == (512, 512) and (blocks.max(axis=(1, 3)) - blocks.min(axis=(1, 3))).max() <= 1
-        assert "sharp membrane" in driver.page_source and current(driver)[0] == "image 1 of 8"
-        shoot(driver, "1-first-image", tmp_path)
+        driver = browser()
+        try:
+            driver.get(link)
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "count"))
+            assert driver.current_url.endswith("/task")  # the token left the address bar
+            img = driver.find_element(By.ID, "study-image")
+            WebDriverWait(driver, 30).until(lambda d: d.execute_script("return arguments[0].complete", img))
+            natural, shown = driver.execute_script("return [arguments[0].naturalWidth, arguments[0].clientWidth]", img)
+            assert natural == 16 and shown == 512  # a 16 px image shown 32x, nearest neighbour:
+            assert driver.execute_script("return getComputedStyle(arguments[0]).imageRendering", img) == "pixelated"
+            # and the screen shows it so: every 32 x 32 block of the rendered image is one flat grey (not smoothed)
+            shot = np.asarray(Image.open(io.BytesIO(img.screenshot_as_png)).convert("L"))[:512, :512]
+            blocks = shot.reshape(16, 32, 16, 32)[:, 1:-1, :, 1:-1]
+            assert shot.shape == (512, 512) and (blocks.max(axis=(1, 3)) - blocks.min(axis=(1, 3))).max() <= 1
+            assert "sharp membrane" in driver.page_source and current(driver)[0] == "image 1 of 8"
+            shoot(driver, "1-first-image", tmp_path)
 
-        # Enter before choosing anything: the browser's form validation keeps the answer from being sent
-        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)
-        time.sleep(0.5)
-        assert current(driver)[0] == "image 1 of 8"
+            # Enter before choosing anything: the browser's form validation keeps the answer from being sent
+            driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)
+            time.sleep(0.5)
+            assert current(driver)[0] == "image 1 of 8"
 
-        answered = []
-        for keys in (("s", "4", "a", "b"), ("r", "2", "a"), ("s", "5")):
-            answered.append(current(driver)[1])
-            answer_with_keys(driver, *keys, Keys.ENTER)
-        assert current(driver)[0] == "image 4 of 8"
-        shoot(driver, "2-after-three-answers", tmp_path)
-        fourth = current(driver)[1]
-        driver.refresh()
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "count"))
-        assert current(driver) == ("image 4 of 8", fourth)  # a reload shows the same image, answers nothing
-        assert driver.execute_script("return document.getElementById('progress').value") == 3
+            answered = []
+            for keys in (("s", "4", "a", "b"), ("r", "2", "a"), ("s", "5")):
+                answered.append(current(driver)[1])
+                answer_with_keys(driver, *keys, Keys.ENTER)
+            assert current(driver)[0] == "image 4 of 8"
+            shoot(driver, "2-after-three-answers", tmp_path)
+            fourth = current(driver)[1]
+            driver.refresh()
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "count"))
+            assert current(driver) == ("image 4 of 8", fourth)  # a reload shows the same image, answers nothing
+            assert driver.execute_script("return document.getElementById('progress').value") == 3
+        finally:
+            driver.quit()
+        # a new browser, the same link: resumes at image 4
+        driver = browser()
+        try:
+            driver.get(link)
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "count"))
+            assert current(driver) == ("image 4 of 8", fourth)
+            for _ in range(5):
+                answered.append(current(driver)[1])
+                answer_with_keys(driver, "r", "3", Keys.ENTER)
+            assert "All 8 images are answered" in driver.find_element(By.ID, "done").text
+            shoot(driver, "3-done", tmp_path)
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
-    # a new browser, the same link: resumes at image 4
-    driver = browser()
-    try:
-        driver.get(link)
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "count"))
-        assert current(driver) == ("image 4 of 8", fourth)
-        for _ in range(5):
-            answered.append(current(driver)[1])
-            answer_with_keys(driver, "r", "3", Keys.ENTER)
-        assert "All 8 images are answered" in driver.find_element(By.ID, "done").text
-        shoot(driver, "3-done", tmp_path)
-    finally:
-        driver.quit()
-        stop(server)
+        stop(server)  # also when the test fails: no server left behind
     with db.connect(made.folder) as con:
         rows = con.execute("SELECT t.image_id, a.says_synthetic, a.confidence, a.plausible, a.criteria_met, a.client_ms "
                            "FROM answers a JOIN tasks t ON t.id = a.task_id ORDER BY t.position").fetchall()
