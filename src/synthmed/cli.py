@@ -433,6 +433,66 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from synthmed.study import require_extra
+
+    require_extra()
+    if args.study_verb == "create":
+        from synthmed.study.create import create_study
+
+        made = create_study(args.to, args.real, args.synthetic, readers=args.readers, per_source=args.per_source,
+                            mode=args.mode, criteria=args.criteria, real_split=args.real_split,
+                            show_class=not args.hide_class, seed=args.seed, base_url=args.base_url,
+                            data_root=args.data_root)
+        s = made.summary
+        print(f"study: {made.folder.resolve()} ({s['num_images']} images: "
+              + ", ".join(f"{src['name']} {src['n']}" for src in s["sources"])
+              + f"; real images from the {s['real']['split']} split; mode {s['mode']})")
+        print("private links (shown only now; the study keeps only their hashes; `synthmed study link` issues a new one):")
+        for reader, link in made.links.items():
+            print(f"  {reader}: {link}")
+        print(f"  admin (progress): {made.admin_link}")
+        print(f"next: synthmed study serve {args.to}")
+        return 0
+    if args.study_verb == "serve":
+        from synthmed.study.app import serve
+
+        serve(args.study, host=args.host, port=args.port)
+        return 0
+    if args.study_verb == "link":
+        from synthmed.study import db
+
+        with db.connect(args.study) as con:
+            token = db.reissue_token(con, args.reader)
+        print(f"{args.reader}: {args.base_url.rstrip('/')}/r/{token}  (the old link no longer works; answers are kept)")
+        return 0
+    from synthmed.study.analyze import analyze_study
+
+    out = Path(args.out) if args.out else Path(args.study) / "analysis"
+    result = analyze_study(args.study, out)
+    t = result.get("turing")
+    if t:
+        k, m = t["kappa_vs_truth"], t["majority_vote"]
+        for p in t["per_reader"]:
+            acc = "-" if p["accuracy"] is None else f"{p['accuracy']:.3f}"
+            kap = "-" if p["kappa"] is None else f"{p['kappa']:+.2f}"
+            pv = "-" if p["p_value_vs_chance"] is None else f"{p['p_value_vs_chance']:.3g}"
+            print(f"{p['reader']:>12}: {p['correct']}/{p['n']} correct, accuracy {acc} (binomial p {pv}), kappa {kap}")
+        if k["n"]:
+            print(f"kappa vs truth: mean {k['mean']:+.2f}, min {k['min']:+.2f}, max {k['max']:+.2f}; "
+                  f"majority vote {m['correct']}/{m['n']} correct ({m['ties']} ties)")
+    p = result.get("plausibility")
+    if p:
+        overall = p["by_class"][-1]
+        print("plausible fraction: " + ", ".join(
+            f"{s} {overall[s]['rate']:.2f} ({overall[s]['k']}/{overall[s]['n']})" if overall[s]["n"] else f"{s} -"
+            for s in p["sources"]))
+    if not result["complete"]:
+        print("warning: not every reader has finished; these numbers cover the answers so far", file=sys.stderr)
+    print(f"analysis: {out.resolve()} (reader_study.html, analysis.json, answers.csv, ...)")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -588,6 +648,47 @@ def build_parser() -> argparse.ArgumentParser:
                    "else the source image)")
     d.set_defaults(func=cmd_data_crops)
 
+    q = sub.add_parser("study", help="reader study: real-or-synthetic and plausibility rating in a browser",
+                       description="A reader study in three commands: create (pick images, one private link per "
+                       "reader), serve (the web app, SQLite), analyze (kappa, binomial tests, plausibility). Needs "
+                       "the 'study' extra: pip install -e '.[study]'. See docs/reader-study.md.")
+    ssub = q.add_subparsers(dest="study_verb", metavar="ACTION", required=True)
+    d = ssub.add_parser("create", help="pick images, write the study folder, print one link per reader",
+                        description="Pick --per-source images from the real split and from each synthetic set "
+                        "(stratified by class, seeded), copy them under opaque ids into --to, write the SQLite "
+                        "database and print one private link per reader.")
+    d.add_argument("--real", required=True, help="run folder, or dataset: embryo | folder:PATH | csv:FILE | medmnist:FLAG")
+    d.add_argument("--synthetic", action="append", required=True, metavar="[NAME=]SAMPLES",
+                   help="synthetic image set (folder with images.npz, run folder); repeat for several generators")
+    d.add_argument("--per-source", type=_checked(int, AT_LEAST_1), required=True,
+                   help="images from each source (the real split and each synthetic set)")
+    d.add_argument("--readers", type=_comma_list, required=True, help="comma list of reader names, e.g. r1,r2,r3")
+    d.add_argument("--mode", choices=["turing", "plausibility", "both"], default="turing",
+                   help="turing: real or synthetic + confidence 1-5; plausibility: the class's criteria; both")
+    d.add_argument("--criteria", help="YAML: class: [criterion, ...] (all: [...] for every class); plausibility modes")
+    d.add_argument("--real-split", choices=["test", "val"], default="test", help="real split shown (default test)")
+    d.add_argument("--hide-class", action="store_true", help="do not show the class (turing mode)")
+    d.add_argument("--seed", type=_checked(int, Range(0)), default=0, help="picks the images and each reader's order")
+    d.add_argument("--base-url", default="http://127.0.0.1:8000", help="address readers will open (for the links)")
+    d.add_argument("--data-root", help="folder holding MedMNIST <flag>.npz files")
+    d.add_argument("--to", required=True, help="new study folder")
+    d = ssub.add_parser("serve", help="serve the study web app", description="Serve the study (127.0.0.1 unless "
+                        "--host says otherwise; another host is warned about).")
+    d.add_argument("study", help="study folder")
+    d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    d.add_argument("--port", type=_checked(int, Range(1, 65535)), default=8000)
+    d = ssub.add_parser("analyze", help="tables, CSV / JSON export and an HTML report section",
+                        description="Per reader accuracy (binomial test), sensitivity, specificity, Cohen's kappa; "
+                        "Fleiss' kappa, majority vote, per-image correctness; plausible fraction per class and source.")
+    d.add_argument("study", help="study folder")
+    d.add_argument("--out", help="output folder (default STUDY/analysis)")
+    d = ssub.add_parser("link", help="issue a new private link for one reader (the old one stops working)",
+                        description="issue a new private link for one reader (the old one stops working)")
+    d.add_argument("study", help="study folder")
+    d.add_argument("--reader", required=True)
+    d.add_argument("--base-url", default="http://127.0.0.1:8000")
+    q.set_defaults(func=cmd_study)
+
     q = sub.add_parser("presets", help="list presets, or show one", description="list presets, or show one")
     q.add_argument("--show", metavar="NAME")
     q.set_defaults(func=cmd_presets)
@@ -641,7 +742,7 @@ def _is_user_error(e: Exception) -> bool:
     from synthmed.data.dataset import DataError
     from synthmed.generators.base import GeneratorError
 
-    return isinstance(e, (ConfigError, DataError, GeneratorError, FileNotFoundError, ValueError))
+    return isinstance(e, (ConfigError, DataError, GeneratorError, FileNotFoundError, FileExistsError, ValueError))
 
 
 if __name__ == "__main__":
