@@ -167,3 +167,31 @@ def test_step_budget_is_the_same_whatever_the_training_set_size(monkeypatch):
 def test_refuses_synthetic_validation():
     with pytest.raises(ValueError, match="synthetic"):
         train_classifier(toy(4, 0), toy(2, 1, synthetic=True), FAST)
+
+
+def test_balanced_class_weights_give_every_class_the_same_total_weight():
+    import torch
+
+    from synthmed.classifiers import class_weights
+
+    y = torch.tensor([0] * 60 + [1] * 5 + [2] * 35)
+    w = class_weights(y, 4, "balanced")  # class 3 has no images
+    per_class = torch.stack([w[y][y == c].sum() for c in range(3)])
+    assert torch.allclose(per_class, per_class[0].expand(3)) and w[3] == 0
+    assert torch.isclose(w[y].mean(), torch.tensor(1.0))  # the mean loss keeps its scale
+    assert class_weights(y, 4, "none") is None
+
+
+def test_the_judge_is_class_balanced_by_default_and_downstream_is_not():
+    from synthmed.config import load_config
+
+    cfg = load_config(preset="demo")
+    assert cfg.evaluate.judge.class_weighting == "balanced"
+    assert cfg.downstream.classifier.class_weighting == "none"
+
+
+def test_balanced_weighting_trains_and_weighs_the_validation_loss():
+    cfg = ClassifierConfig(arch="smallcnn", widths=[8, 16], epochs=2, patience=2, class_weighting="balanced")
+    train, val = toy([40, 4, 40], seed=0), toy([10, 10, 10], seed=1)
+    clf = train_classifier(train, val, cfg, seed=0, progress=False)
+    assert len(clf.history["val_loss"]) == 2 and all(v == v for v in clf.history["val_loss"])

@@ -274,15 +274,29 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, ops=("flip", "rot90"), 
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, batch_size: int) -> tuple[float, float]:
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, batch_size: int,
+              class_weight: torch.Tensor | None = None) -> tuple[float, float]:
+    """Mean loss (class-weighted with ``class_weight``: the weighted mean cross-entropy) and accuracy."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum, weight_sum, correct = 0.0, 0.0, 0
     for i in range(0, len(x), batch_size):
         logits = model(x[i:i + batch_size].to(device))
         yb = y[i:i + batch_size].to(device)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        loss_sum += F.cross_entropy(logits, yb, weight=class_weight, reduction="sum").item()
+        weight_sum += len(yb) if class_weight is None else class_weight[yb].sum().item()
         correct += (logits.argmax(1) == yb).sum().item()
-    return loss_sum / len(x), correct / len(x)
+    return loss_sum / weight_sum, correct / len(x)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor | None:
+    """Cross-entropy weights n / (classes present x n_class) for ``mode == "balanced"`` (their mean over the
+    images is 1, so the loss keeps its scale; a class absent from ``labels`` gets weight 0), None for "none"."""
+    if mode == "none":
+        return None
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = (counts > 0).sum()
+    w = torch.where(counts > 0, counts.sum() / (present * counts.clamp_min(1)), torch.zeros_like(counts))
+    return w
 
 
 def _one_epoch(n: int, bs: int, gen: torch.Generator):
@@ -359,6 +373,8 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         milestones = sorted({max(1, round(f * n_rounds)) for f in cfg.lr_milestones})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_gamma) if milestones else None
         batches = _batch_stream(n, bs, gen)
+        weight = class_weights(y_tr, train.num_classes, cfg.class_weighting)
+        weight = None if weight is None else weight.to(device)
 
         history = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_acc": []}
         best_loss, best_epoch, best_state, waited, step = math.inf, -1, None, 0, 0
@@ -375,7 +391,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
                 xb, yb = x_tr[idx], y_tr[idx]
                 if ops:
                     xb = augment_batch(xb, gen, ops, cfg.jitter)
-                loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
+                loss = F.cross_entropy(model(xb.to(device)), yb.to(device), weight=weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -386,7 +402,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
                     _warn_if_long(cfg, timer.seconds_per_step, max_steps, n, device)
             if sched is not None:
                 sched.step()
-            val_loss, val_acc = _evaluate(model, x_va, y_va, device, 256)
+            val_loss, val_acc = _evaluate(model, x_va, y_va, device, 256, weight)
             history["epoch"].append(epoch)
             history["step"].append(step)
             history["train_loss"].append(loss_sum / max(seen, 1))

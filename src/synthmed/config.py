@@ -272,6 +272,9 @@ class ClassifierConfig:
     #: multiply the lr by ``lr_gamma`` at these fractions of ``epochs`` (MedMNIST: [0.5, 0.75]); empty = constant
     lr_milestones: list[float] = field(default_factory=list)
     lr_gamma: float = 0.1
+    #: "none", or "balanced": each class's loss weighted n / (classes x n_class), in training and in the
+    #: validation loss that early stopping reads, so a rare class counts as much as a common one
+    class_weighting: str = "none"
     #: what ``augment=True`` applies: any of "flip" (horizontal + vertical), "rot90", "jitter"
     augmentations: list[str] = field(default_factory=lambda: ["flip", "rot90"])
     #: strength of "jitter": brightness and contrast factors drawn from [1 - jitter, 1 + jitter]
@@ -282,7 +285,9 @@ class ClassifierConfig:
 class EvaluateConfig:
     #: classifier trained on the real training split: scores conditional accuracy and, as the
     #: "domain" feature extractor, provides the features of every distribution metric
-    judge: ClassifierConfig = field(default_factory=ClassifierConfig)
+    #: (class-balanced by default: an imbalanced judge misses rare-class images, real and synthetic alike, and
+    #: would score the rare class's generator low for the judge's own bias)
+    judge: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(class_weighting="balanced"))
     #: "domain" (the judge's penultimate features), "inception" / "inception:WEIGHTS.pth"
     #: (standard FID Inception-v3; needs its weights file), or "torchscript:MODEL.pt"
     extractor: str = "domain"
@@ -583,6 +588,7 @@ _CLASSIFIER_RULES = {
     "lr": POSITIVE, "batch_size": AT_LEAST_1, "epochs": AT_LEAST_1, "patience": AT_LEAST_1, "steps": AT_LEAST_1,
     "eval_every": AT_LEAST_1, "weight_decay": AT_LEAST_0, "lr_milestones": Each(OPEN_FRACTION),
     "lr_gamma": POSITIVE, "augmentations": Each(Choice(AUGMENTATION_NAMES)), "jitter": FRACTION,
+    "class_weighting": Choice(("none", "balanced")),
 }
 #: range or choices of every field that has one, per dataclass (so a class used twice, like the
 #: classifier, is checked at both places); None values of optional fields are not checked
