@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from synthmed.data.dataset import ImageDataset
+from synthmed.files import atomic_write_json
+
+#: the resumable training state inside a saved generator's folder (and a run's checkpoint folder)
+CHECKPOINT = "checkpoint.pt"
 
 
 class GeneratorError(RuntimeError):
@@ -104,6 +109,63 @@ class Generator(ABC):
         """What the report and data cards say about this generator: ``kind``, a one-line ``summary``,
         ``num_parameters``, ``settings`` (its config), ``sampling`` defaults, ``train_fingerprint``,
         ``train_steps``, ``train_seconds``, ``images_per_second``."""
+
+    def begin_fit(self, train: ImageDataset, checkpoint_dir: str | os.PathLike | None, resume: bool
+                  ) -> tuple[list[int], Path | None]:
+        """What every kind's :meth:`fit` does first: check the training split (real, non-empty, this
+        generator's classes and size, no empty class), resume from ``checkpoint_dir``'s checkpoint when
+        asked (the kind's ``_load_checkpoint`` refuses one made on other data), and record the split's
+        provenance. Returns the class counts and the checkpoint path (None without a folder)."""
+        if train.synthetic:
+            raise GeneratorError(f"{train.name} is marked synthetic; generators train on real images only")
+        if len(train) == 0:
+            raise GeneratorError("training split is empty")
+        if list(train.class_names) != self.class_names:
+            raise GeneratorError(f"class list of {train.name} {train.class_names} != generator's {self.class_names}")
+        if (train.image_size, train.channels) != (self.image_size, self.channels):
+            raise GeneratorError(f"{train.name} images are {train.image_size}px x {train.channels}ch; generator built "
+                                 f"for {self.image_size}px x {self.channels}ch")
+        counts = train.class_counts()
+        empty = [c for c, n in zip(self.class_names, counts) if n == 0]
+        if empty:
+            raise GeneratorError(f"classes {empty} have no training images; remove them from the class list")
+        fingerprint = train.fingerprint()
+        ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+        if resume and ckpt is not None and ckpt.is_file():
+            self._load_checkpoint(ckpt, expect_fingerprint=fingerprint)
+        self.train_fingerprint = fingerprint
+        self.train_image_hashes = train.image_hashes()
+        # recorded for the data card of every set sampled later (saved with the checkpoint's history)
+        self.history["train_class_counts"] = dict(zip(self.class_names, counts))
+        return counts, ckpt
+
+    def write_folder(self, directory: str | os.PathLike, **extra) -> Path:
+        """The folder :meth:`save` writes, for any kind: the checkpoint (the kind's own
+        ``_save_checkpoint``) and ``generator.json`` naming the kind, its settings and provenance, plus
+        ``extra`` fields."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self._save_checkpoint(d / CHECKPOINT)
+        import synthmed
+
+        atomic_write_json({
+            "kind": self.kind, "synthmed_version": synthmed.__version__, "config": asdict(self.cfg),
+            "image_size": self.image_size, "channels": self.channels, "class_names": self.class_names,
+            "train_fingerprint": self.train_fingerprint, "train_steps": self.step,
+            "num_parameters": self.num_parameters, **extra,
+        }, d / "generator.json")
+        return d
+
+    @staticmethod
+    def read_checkpoint(directory: str | os.PathLike, device: str | None = None) -> dict:
+        """The training state saved in a generator folder (or a checkpoint file itself)."""
+        import torch
+
+        d = Path(directory)
+        path = d / CHECKPOINT if d.is_dir() else d
+        if not path.is_file():
+            raise GeneratorError(f"no generator checkpoint at {path}; train one with `synthmed train`")
+        return torch.load(path, map_location=device or "cpu", weights_only=False)
 
     def reconstruct(self, ds: ImageDataset) -> ImageDataset | None:
         """``ds`` passed through the generator's encoder and decoder (labels kept, flagged synthetic),

@@ -32,13 +32,13 @@ from synthmed import runtime
 from synthmed.config import AutoencoderConfig, DiffusionConfig
 from synthmed.data.dataset import ImageDataset
 from synthmed.generators.autoencoder import LatentAutoencoder
-from synthmed.files import atomic_torch_save, atomic_write_json
-from synthmed.generators.base import Generator, GeneratorError, counts_to_labels
+from synthmed.files import atomic_torch_save
+from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
 from synthmed.generators.formulation import build_formulation
 from synthmed.generators.networks import build_unet, count_parameters
 from synthmed.runtime import bf16_supported
 
-CHECKPOINT = "checkpoint.pt"
+
 #: under generator.budget_minutes the autoencoder (trained first) may use at most this share of the
 #: budget; the denoiser gets what is left, however little the autoencoder took
 AUTOENCODER_BUDGET_SHARE = 1 / 3
@@ -133,29 +133,7 @@ class DiffusionGenerator(Generator):
 
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, *, resume: bool = True,
             checkpoint_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
-        if train.synthetic:
-            raise GeneratorError(f"{train.name} is marked synthetic; generators train on real images only")
-        if len(train) == 0:
-            raise GeneratorError("training split is empty")
-        if list(train.class_names) != self.class_names:
-            raise GeneratorError(f"class list of {train.name} {train.class_names} != generator's {self.class_names}")
-        if (train.image_size, train.channels) != (self.image_size, self.channels):
-            raise GeneratorError(
-                f"{train.name} images are {train.image_size}px x {train.channels}ch; generator built for "
-                f"{self.image_size}px x {self.channels}ch"
-            )
-        counts = train.class_counts()
-        empty = [c for c, n in zip(self.class_names, counts) if n == 0]
-        if empty:
-            raise GeneratorError(f"classes {empty} have no training images; remove them from the class list")
-        fingerprint = train.fingerprint()
-        ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
-        if resume and ckpt is not None and ckpt.is_file():
-            self._load_checkpoint(ckpt, expect_fingerprint=fingerprint)
-        self.train_fingerprint = fingerprint
-        self.train_image_hashes = train.image_hashes()
-        # recorded for the data card of every set sampled later (saved with the checkpoint's history)
-        self.history["train_class_counts"] = dict(zip(self.class_names, counts))
+        counts, ckpt = self.begin_fit(train, checkpoint_dir, resume)
 
         cfg, dev = self.cfg, self.device
         budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes is not None else None
@@ -478,24 +456,11 @@ class DiffusionGenerator(Generator):
         self._load_state(state)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self._save_checkpoint(d / CHECKPOINT)
-        atomic_write_json({
-            "kind": self.kind, "synthmed_version": synthmed.__version__, "config": asdict(self.cfg),
-            "image_size": self.image_size, "channels": self.channels, "class_names": self.class_names,
-            "train_fingerprint": self.train_fingerprint, "train_steps": self.step,
-            "num_parameters": count_parameters(self.unet),
-        }, d / "generator.json")
-        return d
+        return self.write_folder(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | None = None) -> "DiffusionGenerator":
-        d = Path(directory)
-        path = d / CHECKPOINT if d.is_dir() else d
-        if not path.is_file():
-            raise GeneratorError(f"no generator checkpoint at {path}; train one with `synthmed train`")
-        state = torch.load(path, map_location=device or "cpu", weights_only=False)
+        state = cls.read_checkpoint(directory, device)
         g = cls(_dict_to_cfg(state["config"]), image_size=state["image_size"], channels=state["channels"],
                 class_names=state["class_names"], device=device or "cpu", seed=state["seed"])
         g._load_state(state)

@@ -31,33 +31,15 @@ from tqdm.auto import tqdm
 import synthmed
 from synthmed import runtime
 from synthmed.data.dataset import ImageDataset
-from synthmed.files import atomic_torch_save, atomic_write_json
-from synthmed.generators.base import Generator, GeneratorError, counts_to_labels
+from synthmed.files import atomic_torch_save
+from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
 from synthmed.generators.monitor import FDMonitor
 from synthmed.generators.networks import count_parameters
 from synthmed.generators.schedules import ema_beta
 
-CHECKPOINT = "checkpoint.pt"
+
 #: what GANs report as their sampler: one forward pass of the generator per image
 SINGLE_PASS = "single pass"
-
-
-def check_training_split(gen: Generator, train: ImageDataset) -> list[int]:
-    """The checks every generator makes of its training split (real, non-empty, its classes and size)."""
-    if train.synthetic:
-        raise GeneratorError(f"{train.name} is marked synthetic; generators train on real images only")
-    if len(train) == 0:
-        raise GeneratorError("training split is empty")
-    if list(train.class_names) != gen.class_names:
-        raise GeneratorError(f"class list of {train.name} {train.class_names} != generator's {gen.class_names}")
-    if (train.image_size, train.channels) != (gen.image_size, gen.channels):
-        raise GeneratorError(f"{train.name} images are {train.image_size}px x {train.channels}ch; generator built "
-                             f"for {gen.image_size}px x {gen.channels}ch")
-    counts = train.class_counts()
-    empty = [c for c, n in zip(gen.class_names, counts) if n == 0]
-    if empty:
-        raise GeneratorError(f"classes {empty} have no training images; remove them from the class list")
-    return counts
 
 
 class GANGenerator(Generator):
@@ -223,14 +205,7 @@ class GANGenerator(Generator):
     # ------------------------------------------------------------------ training
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, *, resume: bool = True,
             checkpoint_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
-        counts = check_training_split(self, train)
-        fingerprint = train.fingerprint()
-        ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
-        if resume and ckpt is not None and ckpt.is_file():
-            self._load_checkpoint(ckpt, expect_fingerprint=fingerprint)
-        self.train_fingerprint = fingerprint
-        self.train_image_hashes = train.image_hashes()
-        self.history["train_class_counts"] = dict(zip(self.class_names, counts))
+        counts, ckpt = self.begin_fit(train, checkpoint_dir, resume)
 
         cfg, dev = self.cfg, self.device
         x, y = train.to_tensor()
@@ -483,28 +458,15 @@ class GANGenerator(Generator):
         self._load_state(state)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self._save_checkpoint(d / CHECKPOINT)
-        atomic_write_json({
-            "kind": self.kind, "synthmed_version": synthmed.__version__, "config": asdict(self.cfg),
-            "image_size": self.image_size, "channels": self.channels, "class_names": self.class_names,
-            "train_fingerprint": self.train_fingerprint, "train_steps": self.step, "train_kimg": self.kimg,
-            "num_parameters": self.num_parameters,
-        }, d / "generator.json")
-        return d
+        return self.write_folder(directory, train_kimg=self.kimg)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | None = None) -> "GANGenerator":
-        d = Path(directory)
-        path = d / CHECKPOINT if d.is_dir() else d
-        if not path.is_file():
-            raise GeneratorError(f"no generator checkpoint at {path}; train one with `synthmed train`")
-        state = torch.load(path, map_location=device or "cpu", weights_only=False)
+        state = cls.read_checkpoint(directory, device)
         g = cls(cls.config_class(**state["config"]), image_size=state["image_size"], channels=state["channels"],
                 class_names=state["class_names"], device=device or "cpu", seed=state["seed"])
         g._load_state(state)
         return g
 
 
-__all__ = ["GANGenerator", "SINGLE_PASS", "check_training_split"]
+__all__ = ["GANGenerator", "SINGLE_PASS"]
