@@ -309,7 +309,7 @@ def main() -> None:
         "data": "BloodMNIST 28x28 RGB, official split", "n_train": len(splits.train), "n_val": len(splits.val),
         "n_test": len(splits.test), "preset": args.preset, "overrides": args.set,
         "generator": build_generator(cfg.generator, image_size=28, channels=3, class_names=splits.class_names)
-        .describe()["summary"] + f"; {args.full_steps} steps on the full split, {args.subset_steps} per subset",
+        .describe()["summary"] + " (steps per part in the table)",
         "judge": f"smallcnn {JUDGE.widths} ({JUDGE.steps} steps, seed {JUDGE_SEED}) on the real training split",
         "judge_real_test_accuracy": real_acc, "samples_per_class": args.samples_per_class,
         "classifier_steps": args.steps, "device": device, "threads": threads, "torch": torch.__version__,
