@@ -110,6 +110,16 @@ class Generator(ABC):
         ``num_parameters``, ``settings`` (its config), ``sampling`` defaults, ``train_fingerprint``,
         ``train_steps``, ``train_seconds``, ``images_per_second``."""
 
+    def _set_identity(self, cfg, *, image_size: int, channels: int, class_names, device: str, seed: int) -> None:
+        """What every kind's constructor records first: its settings and what it generates, where, from which seed."""
+        self.cfg = cfg
+        self.image_size = image_size
+        self.channels = channels
+        self.class_names = list(class_names)
+        self.num_classes = len(class_names)
+        self.device = device
+        self.seed = seed
+
     def begin_fit(self, train: ImageDataset, checkpoint_dir: str | os.PathLike | None, resume: bool
                   ) -> tuple[list[int], Path | None]:
         """What every kind's :meth:`fit` does first: check the training split (real, non-empty, this

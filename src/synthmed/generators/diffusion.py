@@ -55,13 +55,8 @@ class DiffusionGenerator(Generator):
 
     def __init__(self, cfg: DiffusionConfig, *, image_size: int, channels: int, class_names: list[str],
                  device: str = "cpu", seed: int = 0):
-        self.cfg = cfg
-        self.image_size = image_size
-        self.channels = channels
-        self.class_names = list(class_names)
-        self.num_classes = len(class_names)
-        self.device = device
-        self.seed = seed
+        self._set_identity(cfg, image_size=image_size, channels=channels, class_names=class_names, device=device,
+                           seed=seed)
         self.autoencoder: LatentAutoencoder | None = None
         if cfg.space == "latent":
             torch.manual_seed(seed)  # its initial weights follow the seed too: it is cached by the seed

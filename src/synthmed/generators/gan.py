@@ -52,13 +52,8 @@ class GANGenerator(Generator):
 
     def __init__(self, cfg, *, image_size: int, channels: int, class_names: list[str], device: str = "cpu",
                  seed: int = 0):
-        self.cfg = cfg
-        self.image_size = image_size
-        self.channels = channels
-        self.class_names = list(class_names)
-        self.num_classes = len(class_names)
-        self.device = device
-        self.seed = seed
+        self._set_identity(cfg, image_size=image_size, channels=channels, class_names=class_names, device=device,
+                           seed=seed)
         torch.manual_seed(seed)
         self.G, self.D = self._build_networks()
         self.G.to(device)
