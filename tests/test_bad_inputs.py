@@ -251,3 +251,13 @@ def test_warnings_are_one_readable_line(tmp_path, capsys):
     assert warning_lines and all(line.startswith("warning: ") for line in warning_lines), err
     assert any("skipped 1 file" in line and "notes.txt" in line for line in warning_lines)
     assert ".py:" not in err and "warnings.warn" not in err
+
+
+def test_a_gpu_preset_on_a_machine_without_one_is_one_line(capsys, no_work):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert main(["demo", "--preset", "pixel28-gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "torch sees no CUDA GPU; use --device cpu" in err and "Traceback" not in err

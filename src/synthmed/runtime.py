@@ -17,7 +17,8 @@ def resolve_device(name: str = "auto") -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu")
+        # a user error (one line, exit 2): the *-gpu presets set device: cuda
+        raise ValueError("device = 'cuda' but torch sees no CUDA GPU; use --device cpu (or --set device=cpu)")
     return name
 
 
