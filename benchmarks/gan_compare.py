@@ -181,7 +181,7 @@ def main() -> None:
     report: dict = {"dataset": "BloodMNIST 28x28 RGB, official split", "device": device, "threads": threads,
                     "torch": torch.__version__, "platform": platform.platform(), "minutes_per_generator": args.minutes,
                     "presets": {k: presets[k] for k in kinds}, "quick": args.quick, "parts": {}}
-    md = [f"Generator families on BloodMNIST at equal wall time ({args.minutes:g} min of training each; {device}, "
+    md = [f"Generator families on BloodMNIST at equal wall time (the training minutes of each part are stated with it; {device}, "
           f"{threads} threads, torch {torch.__version__}). FD in the judge's features against the real test split, "
           "next to the real floor (real validation images at the same class counts); judge: small CNN trained once "
           f"on the real training split. {args.samples_per_class} samples per class.\n"]
@@ -234,13 +234,49 @@ def main() -> None:
                    format_results_table(rows, metrics=keys), "```", ""]
 
     report["wall_seconds"] = time.time() - t_start
-    md.append(f"Total wall time: {report['wall_seconds'] / 60:.1f} min.\n")
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"gan_compare_{device}" + ("_quick" if args.quick else "")
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path = args.out / f"{name}.json"
+    if path.is_file():  # parts run at another time keep their results (each part states its own budget)
+        old = json.loads(path.read_text())
+        for part, rows in old.get("parts", {}).items():
+            if part not in report["parts"]:
+                report["parts"][part] = rows
+                report.setdefault("part_runs", {})[part] = old.get("part_runs", {}).get(part) or {
+                    k: old.get(k) for k in ("minutes_per_generator", "threads", "wall_seconds")}
+    for part in parts:
+        report.setdefault("part_runs", {})[part] = {"minutes_per_generator": args.minutes, "threads": threads,
+                                                    "wall_seconds": report["wall_seconds"]}
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md = [md[0]] + markdown_parts(report, args)
     (args.out / f"{name}.md").write_text("\n".join(md))
     print("\n".join(md))
     print(f"written: {args.out / name}.json / .md")
+
+
+def markdown_parts(report: dict, args) -> list[str]:
+    """Every part in the results file, each with the budget it was run at."""
+    md: list[str] = []
+    runs = report.get("part_runs", {})
+    for part in ("full", "200", "20", "balance"):
+        rows = report["parts"].get(part)
+        if rows is None:
+            continue
+        run = runs.get(part) or {}
+        budget = (f" ({run['minutes_per_generator']:g} min of training per generator, {run.get('threads')} thread(s); "
+                  f"whole run {run['wall_seconds'] / 60:.0f} min)" if run.get("minutes_per_generator") else "")
+        if part == "full":
+            md += [f"## Full training split{budget}\n", table(rows), ""]
+        elif part == "balance":
+            keys = ("balanced_accuracy", "f1_macro", f"recall[{rows['minority']}]", f"f1[{rows['minority']}]")
+            md.append(f"## Balancing: '{rows['minority']}' cut to 10%{budget}\n")
+            for k, v in rows["kinds"].items():
+                md += [f"### {k}, wall {v['seconds']:.0f} s\n", "```", format_results_table(v["summary"], metrics=keys),
+                       "```", ""]
+        else:
+            md += [f"## {part} images per class (mean over {len(next(iter(rows.values()))['per_subset'])} "
+                   f"subset(s)){budget}\n", table({k: v["mean"] for k, v in rows.items()}), ""]
+    return md
 
 
 if __name__ == "__main__":

@@ -277,6 +277,43 @@ def test_budget_scales_the_training_to_fit_on_a_fake_clock(make, monkeypatch):
     assert b["seconds_spent"] <= 60.0 + 0.5
 
 
+def test_progan_budget_plans_with_measured_per_level_step_costs(monkeypatch):
+    """Growth makes later steps dearer by a factor that is measured, not assumed (4x per level
+    overstated it on a CPU and stopped an 8-minute run after 3): with level-1 steps at twice the
+    cost of level-0 steps, the plan uses the minute without running out."""
+    t = [1000.0]
+    monkeypatch.setattr(runtime, "clock", lambda: t[0])
+    train = toy(6, seed=0)
+    g = pro(train, train_kimg=4.0, phase_kimg=0.2, budget_minutes=1.0)
+    step = g._train_step
+
+    def timed(real, labels, gen, opts, progress, total):
+        level, _ = growth_state(progress, g.levels, g._phase_kimg())
+        t[0] += 0.25 if level == 0 else 0.5
+        return step(real, labels, gen, opts, progress, total)
+
+    g._train_step = timed
+    with pytest.warns(UserWarning, match="budget_minutes"):
+        g.fit(train, progress=False)
+    b = g.history["budget"]
+    assert b["level_seconds_per_step"] == pytest.approx([0.25, 0.5])
+    assert b["stopped_at_step"] is None, {k: v for k, v in b.items()}  # the plan fitted: no deadline stop
+    assert 0.85 * 60 <= b["seconds_spent"] <= 60.0
+
+
+def test_progan_step_cost_calibration_leaves_training_untouched():
+    train = toy(6, seed=0)
+    g = pro(train)
+    x, y = train.to_tensor()
+    opts = g._make_optimizers()
+    before = [p.detach().clone() for p in [*g.G.parameters(), *g.D.parameters()]]
+    g._calibrate_step_costs(x, y, 8, opts)
+    after = [*g.G.parameters(), *g.D.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(not o.state for o in opts.values())  # Adam moments restored to none
+    assert len(g.history["budget"]["level_seconds_per_step"]) == g.levels
+
+
 # --------------------------------------------------------------------------- mode-collapse guard
 class OneImagePerClass:
     """A planted class-conditional 'GAN' that emits one fixed image per class, whatever the noise."""

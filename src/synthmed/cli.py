@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from synthmed import __version__
-from synthmed.config import AT_LEAST_1, ConfigError, Range, check_rule, check_type, load_config, preset_names, set_dotted
+from synthmed.config import AT_LEAST_1, POSITIVE, ConfigError, Range, check_rule, check_type, load_config, preset_names, set_dotted
 
 EXIT_USER_ERROR = 2
 
@@ -328,6 +328,42 @@ def cmd_downstream(args) -> int:
     return 0
 
 
+def _kind_values(items: list[str], flag: str, kinds: list[str]) -> dict[str, dict]:
+    """``--family-set KIND.KEY=VALUE`` items as {kind: nested overrides}."""
+    out: dict[str, dict] = {}
+    for item in items:
+        head, sep, val = item.partition("=")
+        kind, dot, key = head.strip().partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"{flag} {item!r}: expected KIND.KEY=VALUE, e.g. r3gan.widths=[32,32]")
+        if kind not in kinds:
+            raise ConfigError(f"{flag} {item!r}: '{kind}' is not one of --generators ({', '.join(kinds)})")
+        set_dotted(out.setdefault(kind, {}), key, val)
+    return out
+
+
+def cmd_compare(args) -> int:
+    from synthmed.compare import compare_generators, family_generator_config
+
+    cfg = _config_from_args(args)
+    kinds = _comma_list(args.generators)
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(f"--generators {args.generators!r}: a kind is named twice")
+    presets: dict[str, str] = {}
+    for item in _comma_list(args.presets or ""):
+        kind, sep, preset = item.partition("=")
+        if not sep or kind.strip() not in kinds:
+            raise ConfigError(f"--presets {item!r}: expected KIND=PRESET with KIND one of --generators "
+                              f"({', '.join(kinds)})")
+        presets[kind.strip()] = preset.strip()
+    values = _kind_values(args.family_set, "--family-set", kinds)
+    families = {k: family_generator_config(cfg, k, presets.get(k), values.get(k)) for k in kinds}
+    out = Path(cfg.out_dir) / cfg.name
+    compare_generators(cfg, families, minutes=args.minutes, downstream=not args.no_downstream, quiet=args.quiet)
+    print(f"comparison: {(out / 'comparison.md').resolve()}; report: {(out / 'report.html').resolve()}")
+    return 0
+
+
 def _print_splits(splits) -> None:
     s = splits.summary()
     print(f"source: {s['source']}")
@@ -593,6 +629,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_run_flags(q)
     q.add_argument("--out", required=True, help="folder for the kept images and filter_report.json")
     q.set_defaults(func=cmd_filter)
+
+    q = sub.add_parser("compare", help="generator families on the same data at equal wall time",
+                       description="Train generator families (e.g. diffusion, r3gan, progan) on the same real training "
+                       "split for the same minutes each, then score them alike: FD next to the real floor, precision / "
+                       "recall / coverage, conditional accuracy, the mode-collapse guard, sampling speed and the "
+                       "downstream gain; one table (comparison.md/.json) and one report section. Resumable.")
+    _add_config_options(q, config_positional=True)
+    q.add_argument("--generators", default="diffusion,r3gan,progan", help="comma list of generator kinds")
+    q.add_argument("--presets", help="KIND=PRESET,... the settings of a family (default: the run's own generator "
+                   "for its kind, else diffusion=pixel28, r3gan=r3gan28, progan=progan28)")
+    q.add_argument("--family-set", action="append", default=[], metavar="KIND.KEY=VALUE",
+                   help="override one family's generator setting, e.g. --family-set r3gan.widths=[32,32] (repeatable)")
+    q.add_argument("--minutes", type=_checked(float, POSITIVE), default=10.0,
+                   help="training wall time of every family (default 10)")
+    q.add_argument("--no-downstream", action="store_true", help="skip the downstream real vs real + synthetic "
+                   "classifiers")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.set_defaults(func=cmd_compare)
 
     q = sub.add_parser("downstream", help="classifier protocols over subsets/seeds: does synthetic data help?",
                        description="Downstream protocols (baseline, traditional, mix, transfer, synthetic-only, "

@@ -108,6 +108,10 @@ class GANGenerator(Generator):
         resolution), under a schedule whose phases are ``scale`` x their configured length."""
         return np.ones_like(progress_kimg, dtype=float)
 
+    def _calibrate_step_costs(self, x: torch.Tensor, y: torch.Tensor, bs: int, opts: dict) -> None:
+        """Measure what ``_relative_step_cost`` needs before a budget plan is chosen (default: nothing,
+        every step costs the same)."""
+
     def _summary(self) -> str:
         return self.kind
 
@@ -147,7 +151,9 @@ class GANGenerator(Generator):
             return 0.0
         shown = np.arange(self.images_shown, end, bs, dtype=float) / 1000.0
         cost = self._relative_step_cost(shown, scale)
-        ref = float(self._relative_step_cost(np.array([measured_at_kimg]), scale)[0])
+        # the speed was measured under the plan in effect then (not the candidate's): a shorter
+        # candidate plan may already have grown past the level the timing saw
+        ref = float(self._relative_step_cost(np.array([measured_at_kimg]), self._scale())[0])
         return float(seconds_per_step * cost.sum() / max(ref, 1e-12))
 
     def _choose_scale(self, timer: runtime.StepTimer, seconds_left: float, bs: int) -> float:
@@ -267,7 +273,9 @@ class GANGenerator(Generator):
             run_n += 1
             if timer.tick():
                 if not decided:
-                    self._choose_scale(timer, budget_s - spent(), bs)
+                    t_probe = runtime.clock()
+                    self._calibrate_step_costs(x, y, bs, opts)
+                    self._choose_scale(timer, budget_s - spent() - (runtime.clock() - t_probe), bs)
                     decided = True
                     bar.total = math.ceil(self._total_images() / bs)
                     bar.refresh()

@@ -428,3 +428,14 @@ def format_table(result: dict) -> str:
     if header.get("pairing_policy"):
         footer += f"\nssim/lpips pairing: {header['pairing_policy']}"
     return "\n".join(body + [rule, footer])
+
+
+def real_fd_floor(extractor, val, test, counts: list[int], seed: int = 0) -> dict:
+    """FD of real validation images drawn at ``counts`` per class against the test split: what a
+    generator indistinguishable from real data would score at this N (FD is biased upward at small N)."""
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.choice(np.flatnonzero(val.labels == c), min(n, int((val.labels == c).sum())),
+                                     replace=False) for c, n in enumerate(counts)])
+    ev = evaluate(test, val.subset(idx, name="real val (floor)"), extractor, metrics=("fid",), per_class=False,
+                  n_boot=0, allow_real_as_synthetic=True)
+    return {"fd": ev["rows"][0]["metrics"]["fid"]["value"], "n": int(len(idx))}

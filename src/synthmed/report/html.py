@@ -21,6 +21,7 @@ import yaml
 
 import synthmed
 from synthmed.data.dataset import ImageDataset
+from synthmed.report.compare_section import render_comparison
 from synthmed.report.downstream_section import render_downstream_experiment
 from synthmed.report.figures import bar_chart_svg, class_grid, line_chart_svg, png_base64
 from synthmed.report.verdict import MIN_SEEDS, downstream_finding, interval
@@ -1074,6 +1075,7 @@ def render_report(results: dict, real: ImageDataset | None = None, synthetic: Im
         ("memorisation", "memorisation audit", _section_memorisation),
         ("downstream", "downstream classifier", _section_downstream),
         ("downstream_experiment", "downstream experiment", render_downstream_experiment),
+        ("comparison", "generator comparison", render_comparison),
     ]
     for key, name, render in sections:
         if isinstance(results.get(key), Mapping):
