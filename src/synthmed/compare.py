@@ -26,9 +26,9 @@ from pathlib import Path
 from synthmed.config import ConfigError, RunConfig, load_config, to_dict, validate
 from synthmed.data.dataset import DataSplits
 from synthmed.files import atomic_write_json, atomic_write_text, json_default
-from synthmed.report.compare_section import COLUMNS, describe, table_cells
-from synthmed.pipeline import (_log, feature_extractor, prepare, sample_counts, step_choose_guidance, step_data,
+from synthmed.pipeline import (feature_extractor, prepare, sample_counts, step_choose_guidance, step_data,
                                step_downstream, step_judge, step_train)
+from synthmed.report.compare_section import COLUMNS, describe, table_cells
 
 #: the preset a family gets when the run's own generator is of another kind
 DEFAULT_PRESETS = {"diffusion": "pixel28", "r3gan": "r3gan28", "progan": "progan28"}
@@ -36,6 +36,11 @@ DEFAULT_PRESETS = {"diffusion": "pixel28", "r3gan": "r3gan28", "progan": "progan
 GAN_CAP_KIMG = 2000.0
 DIFFUSION_CAP_STEPS = 10**6
 
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[synthmed] {msg}", flush=True)
 
 
 def family_generator_config(cfg: RunConfig, kind: str, preset: str | None = None, overrides: dict | None = None):
