@@ -1,6 +1,6 @@
 """The package layout tells the pipeline, and no module reaches backwards: a stage imports only
 stages before it (data -> generators -> classifiers -> features -> selection -> metrics ->
-downstream -> report -> pipeline -> study -> cli; config, files and runtime are below everything)."""
+downstream -> report -> pipeline -> study -> cli; config, files, runtime and distributed are below everything)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import synthmed
 
-ORDER = ["synthmed", "config", "files", "runtime", "data", "generators", "classifiers", "features", "selection",
+ORDER = ["synthmed", "config", "files", "runtime", "distributed", "data", "generators", "classifiers", "features", "selection",
          "metrics", "downstream", "report", "pipeline", "study", "cli"]
 ROOT = Path(synthmed.__file__).parent
 
