@@ -34,10 +34,10 @@ TINY = {
                                        gamma_end=0.1, aug_start=0.3, aug_end=0.3, ema_half_life_start_kimg=0.01,
                                        ema_half_life_end_kimg=0.01, log_every=1, fd_every_kimg=0,
                                        checkpoint_every=2),
-    # minibatch-stddev groups of 4 = one rank's rows: the same groups as one process
+    # minibatch stddev groups images within a rank's rows: one image per group is the same on any number
     "progan": lambda steps: ProGANConfig(widths=[16, 16], latent_dim=8, embed_dim=4, batch_size=8, phase_kimg=0.008,
                                          train_kimg=steps * 8 / 1000, ema_half_life_kimg=0.01, log_every=1,
-                                         mbstd_group=4, fd_every_kimg=0, checkpoint_every=2),
+                                         mbstd_group=1, fd_every_kimg=0, checkpoint_every=2),
 }
 
 
@@ -59,7 +59,11 @@ def weights(gen) -> dict:
 def task_train(kind: str, steps: int = 4) -> dict:
     gen = make(kind, steps)
     gen.fit(train_data(), progress=False)
-    return {"weights": weights(gen), "loss_curve": gen.history["loss_curve"], "step": gen.step}
+    nets = ("unet",) if hasattr(gen, "unet") else ("G", "D")
+    # the last step's gradients (all-reduced under DDP): compared without the optimiser's amplification
+    grads = {f"{k}.{n}": p.grad.detach().clone() for k in nets for n, p in getattr(gen, k).named_parameters()
+             if p.grad is not None}
+    return {"weights": weights(gen), "grads": grads, "loss_curve": gen.history["loss_curve"], "step": gen.step}
 
 
 def task_sample(kind: str) -> dict:
@@ -96,12 +100,10 @@ def task_resume(kind: str, out: Path, steps: int, kill_at: int | None) -> dict:
     return {"weights": weights(gen), "step": gen.step}
 
 
-def main(argv: list[str]) -> int:
-    task, out = argv[0], Path(argv[1])
-    torch.set_num_threads(1)
-    distributed.init("auto")
-    if task.startswith("train:"):
-        result = task_train(task.split(":")[1])
+def run_task(task: str, out: Path) -> dict:
+    if task.startswith("train:"):  # train:KIND[:STEPS]
+        parts = task.split(":")
+        result = task_train(parts[1], *(int(v) for v in parts[2:]))
     elif task.startswith("sample:"):
         result = task_sample(task.split(":")[1])
     elif task == "classifier":
@@ -111,10 +113,20 @@ def main(argv: list[str]) -> int:
         result = task_resume(kind, out, int(steps), int(kill) if kill else None)
     else:
         raise SystemExit(f"unknown task {task}")
-    result["world_size"] = distributed.world().world_size
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save(result, out / f"{task.replace(':', '_')}.pt")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    """``TASK[,TASK...] OUT_DIR``: several tasks in one launch (starting processes is the slow part)."""
+    tasks, out = argv[0].split(","), Path(argv[1])
+    torch.set_num_threads(1)
+    distributed.init("auto")
+    for task in tasks:
+        result = run_task(task, out)
+        result["world_size"] = distributed.world().world_size
+        if distributed.is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(result, out / f"{task.replace(':', '_')}.pt")
     distributed.shutdown()
     return 0
 
