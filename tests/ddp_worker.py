@@ -73,14 +73,56 @@ def task_sample(kind: str) -> dict:
     return {"images": torch.from_numpy(syn.images), "labels": torch.from_numpy(syn.labels)}
 
 
-def task_classifier() -> dict:
-    from synthmed.classifiers import train_classifier
+def task_classifier(batchnorm: bool) -> dict:
+    """``batchnorm`` False: the small CNN without its BatchNorm layers and dropout, whose per-rank batch
+    statistics (on CPU; SyncBatchNorm needs CUDA) and per-rank masks differ from one process's."""
+    from torch import nn
 
+    from synthmed import classifiers
+
+    if not batchnorm:
+        build = classifiers.build_classifier
+
+        def without_batchnorm(*args, **kwargs):
+            model = build(*args, **kwargs)
+            for name, child in list(model.body.named_children()):
+                if isinstance(child, nn.BatchNorm2d):
+                    model.body.add_module(name, nn.Identity())
+            model.dropout = nn.Identity()
+            return model
+        classifiers.build_classifier = without_batchnorm
+    train_classifier = classifiers.train_classifier
     cfg = ClassifierConfig(arch="smallcnn", widths=[8, 8], batch_size=8, epochs=3, patience=3, lr=1e-2,
                            augmentations=["flip", "rot90"], class_weighting="balanced")
     clf = train_classifier(toy([7, 4, 6], seed=1), toy(3, seed=2), cfg, seed=0, augment=True)
-    return {"weights": {n: t.detach().clone() for n, t in clf.model.state_dict().items()},
-            "history": clf.history}
+    if not batchnorm:
+        classifiers.build_classifier = build
+    state = {n: t.detach().clone() for n, t in clf.model.state_dict().items()}
+    if distributed.world().active:  # every rank must end with the same classifier
+        import torch.distributed as dist
+
+        everyone = [None] * distributed.world().world_size
+        dist.all_gather_object(everyone, state)
+        agree = all(torch.equal(everyone[0][n], other[n]) for other in everyone for n in state)
+    else:
+        agree = True
+    return {"weights": state, "history": clf.history, "ranks_agree": agree}
+
+
+def task_latent() -> dict:
+    """Latent diffusion's autoencoder (trained first, then the denoiser on its latents)."""
+    from synthmed.config import AutoencoderConfig
+
+    cfg = DiffusionConfig(space="latent", block_out_channels=[16, 16], lr=2e-3, warmup_steps=2, batch_size=8,
+                          train_steps=2, sample_steps=3, log_every=1,
+                          autoencoder=AutoencoderConfig(block_out_channels=[8, 8], latent_channels=4, train_steps=3,
+                                                        batch_size=8, cache=False))
+    train = train_data()
+    gen = build_generator(cfg, image_size=train.image_size, channels=train.channels, class_names=train.class_names,
+                          seed=0)
+    gen.fit(train, progress=False)
+    return {"weights": {"vae": {n: t.detach().clone() for n, t in gen.autoencoder.vae.state_dict().items()},
+                        **weights(gen)}}
 
 
 def task_resume(kind: str, out: Path, steps: int, kill_at: int | None) -> dict:
@@ -106,8 +148,10 @@ def run_task(task: str, out: Path) -> dict:
         result = task_train(parts[1], *(int(v) for v in parts[2:]))
     elif task.startswith("sample:"):
         result = task_sample(task.split(":")[1])
-    elif task == "classifier":
-        result = task_classifier()
+    elif task.startswith("classifier"):  # classifier (no BatchNorm) or classifier-bn
+        result = task_classifier(batchnorm=task.endswith("-bn"))
+    elif task == "train-latent":
+        result = task_latent()
     elif task.startswith("resume:"):
         _, kind, steps, kill = task.split(":")
         result = task_resume(kind, out, int(steps), int(kill) if kill else None)
