@@ -157,6 +157,7 @@ def run_task(task: str, out: Path) -> dict:
         result = task_resume(kind, out, int(steps), int(kill) if kill else None)
     else:
         raise SystemExit(f"unknown task {task}")
+    result["world_size"] = distributed.world().world_size
     return result
 
 
@@ -167,7 +168,6 @@ def main(argv: list[str]) -> int:
     distributed.init("auto")
     for task in tasks:
         result = run_task(task, out)
-        result["world_size"] = distributed.world().world_size
         if distributed.is_main():
             out.mkdir(parents=True, exist_ok=True)
             torch.save(result, out / f"{task.replace(':', '_')}.pt")
