@@ -10,7 +10,7 @@ from pathlib import Path
 import synthmed
 
 ORDER = ["synthmed", "config", "files", "runtime", "distributed", "data", "generators", "classifiers", "features", "selection",
-         "metrics", "downstream", "report", "pipeline", "study", "cli"]
+         "metrics", "downstream", "report", "pipeline", "study", "cli", "__main__"]
 ROOT = Path(synthmed.__file__).parent
 
 

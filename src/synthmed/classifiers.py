@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from synthmed import distributed, runtime
 from synthmed.config import ClassifierConfig
 from synthmed.data.dataset import ImageDataset
+from synthmed.data.storage import training_images
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
             opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-        x_tr, y_tr = train.to_tensor()
+        x_tr, y_tr = training_images(train)  # memory-mapped splits are read batch by batch (data/storage.py)
         x_va, y_va = val.to_tensor()
         n, bs = len(x_tr), max(1, cfg.batch_size)
         # a "round" ends with a validation: one epoch, or eval_every steps under a step budget

@@ -33,6 +33,7 @@ import synthmed
 from synthmed import distributed, runtime
 from synthmed.config import AutoencoderConfig, DiffusionConfig
 from synthmed.data.dataset import ImageDataset
+from synthmed.data.storage import LazyImages, training_images
 from synthmed.generators.autoencoder import LatentAutoencoder
 from synthmed.files import atomic_torch_save
 from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
@@ -96,9 +97,11 @@ class DiffusionGenerator(Generator):
     # ------------------------------------------------------------------ training
     def _training_tensors(self, train: ImageDataset, val: ImageDataset | None, progress: bool):
         """Everything the loop samples from, prepared once: pixels, or latents of each flip variant."""
-        x, y = train.to_tensor()
+        x, y = training_images(train)  # a memory-mapped split is read lazily, batch by batch (data/storage.py)
         if self.autoencoder is None:
             return x, y, None
+        if isinstance(x, LazyImages):  # latents are encoded once from all images (they are 16-64x smaller)
+            x = x[:]
         ae = self.autoencoder
         if not self.cfg.autoencoder.pretrained_path and not ae.history:
             x_val = val.to_tensor()[0] if val is not None and len(val) else None
@@ -206,7 +209,7 @@ class DiffusionGenerator(Generator):
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast), \
                     distributed.swapped(self, "unet", train_unet):
-                loss = self.formulation.loss(train_net, x0, y, gen, rows)
+                loss = self.formulation.loss(train_net, x0, y, gen, **({} if rows is None else {"rows": rows}))
             loss_value = distributed.sum_over_ranks(loss.item())  # the global batch's loss, on every rank
             if not math.isfinite(loss_value):
                 raise GeneratorError(

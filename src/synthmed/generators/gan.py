@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 import synthmed
 from synthmed import distributed, runtime
 from synthmed.data.dataset import ImageDataset
+from synthmed.data.storage import training_images
 from synthmed.files import atomic_torch_save
 from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
 from synthmed.generators.monitor import FDMonitor
@@ -230,7 +231,7 @@ class GANGenerator(Generator):
         counts, ckpt = self.begin_fit(train, checkpoint_dir, resume)
 
         cfg, dev = self.cfg, self.device
-        x, y = train.to_tensor()
+        x, y = training_images(train)  # a memory-mapped split is read lazily, batch by batch (data/storage.py)
         x, y = x.to(dev), y.to(dev)
         n = len(y)
         bs = min(cfg.batch_size, n)
