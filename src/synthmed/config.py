@@ -148,6 +148,9 @@ class DiffusionConfig:
     #: torch.compile the denoiser for training (inductor; the first steps are slow while it compiles, and
     #: it needs a C++ compiler on CPU); the saved weights are the same either way
     compile: bool = False
+    #: channels_last (NHWC) weights for training on CUDA, faster convolutions on tensor cores where it
+    #: measures so (benchmarks/train_throughput.py --channels-last); ignored on CPU
+    channels_last: bool = False
     checkpoint_every: int = 500
     log_every: int = 25
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)

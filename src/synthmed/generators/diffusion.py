@@ -153,7 +153,10 @@ class DiffusionGenerator(Generator):
         total, decided = self._planned_steps()
         # a list, so the warm-up can follow a step count the budget chooses after the loop started
         warmup = [cfg.warmup_steps if budget_s is None or not decided else self._budget_warmup(total)]
-        opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                **({"fused": True} if runtime.fused_adam_supported(dev) else {}))
+        if cfg.channels_last and dev.startswith("cuda"):  # NHWC convolutions (tensor cores); a no-op for the weights
+            self.unet.to(memory_format=torch.channels_last)
         lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup[0], 1)))
         if self._opt_state is not None:
             opt.load_state_dict(self._opt_state)
