@@ -157,7 +157,10 @@ def cmd_train(args) -> int:
     out, device = pipeline.prepare(cfg)
     splits = pipeline.step_data(cfg, out, download=args.download, quiet=args.quiet)
     pipeline.step_train(cfg, out, splits, device, resume=not args.no_resume, quiet=args.quiet)
-    print(f"generator: {(out / 'generator').resolve()}")
+    from synthmed import distributed
+
+    if distributed.is_main():  # under torchrun: once, not once per process
+        print(f"generator: {(out / 'generator').resolve()}")
     return 0
 
 
@@ -190,7 +193,8 @@ def cmd_sample(args) -> int:
     pipeline.step_sample(cfg, run_dir, gen, [n] * len(gen.class_names), guidance=guidance,
                          seed=cfg.seed if args.seed is not None else None, folder=folder, quiet=args.quiet,
                          sampler=getattr(g, "sampler", None), steps=getattr(g, "sample_steps", None))
-    print(f"samples: {folder.resolve()}")
+    if distributed.is_main():
+        print(f"samples: {folder.resolve()}")
     return 0
 
 
