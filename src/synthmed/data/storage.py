@@ -113,7 +113,7 @@ class LazyImages:
         import torch
 
         if isinstance(idx, slice):
-            rows = np.asarray(self.images[idx])
+            rows = np.array(self.images[idx])  # a copy: torch wants writable memory, the mapping is read-only
         else:
             idx = np.asarray(idx.cpu() if hasattr(idx, "cpu") else idx, dtype=np.int64).reshape(-1)
             order = np.argsort(idx, kind="stable")  # read the file forwards, then put the rows back in order
