@@ -35,12 +35,15 @@ from synthmed.data.dataset import ImageDataset
 from synthmed.data.procedural import make_embryo_dataset
 from synthmed.generators.diffusion import DiffusionGenerator
 from synthmed.generators.networks import build_unet
+from synthmed import runtime
 from synthmed.runtime import resolve_device, set_threads
 
 
-def matmul_gflops(device: str, n: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_gflops(device: str, n: int = 2048, reps: int = 10, dtype=torch.float32) -> float:
+    """GFLOP/s of an n x n matmul: the peak the training step is measured against (fp32 on CPU; on a
+    GPU a large bf16 matmul, the tensor-core peak the bf16-autocast step can reach)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     _sync(device)
@@ -148,6 +151,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compile", action="store_true",
                     help="also time the loop with generator.compile (torch.compile; compile time excluded)")
+    ap.add_argument("--channels-last", action="store_true", help="generator.channels_last (CUDA only)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -157,15 +161,19 @@ def main() -> None:
     size = args.image_size or cfg.data.image_size
     g = cfg.generator
     g.batch_size = args.batch_size
+    g.channels_last = args.channels_last
     ds = make_embryo_dataset([300, 300, 300], image_size=size, seed=0)
     if args.channels == 3:
         ds = ImageDataset(np.repeat(ds.images, 3, axis=-1), ds.labels, ds.class_names, name="embryo-rgb")
 
-    peak = matmul_gflops(device)
+    gpu = device.startswith("cuda")
+    peak = matmul_gflops(device, n=8192, reps=20, dtype=torch.bfloat16) if gpu else matmul_gflops(device)
     result: dict = {"device": device, "threads": threads, "torch": torch.__version__, "platform": platform.platform(),
                     "preset": args.preset, "image_size": size, "channels": ds.channels, "batch_size": g.batch_size,
                     "block_out_channels": g.block_out_channels, "layers_per_block": g.layers_per_block,
-                    "matmul_fp32_gflops": peak}
+                    "precision": "bf16 autocast" if gpu and runtime.bf16_supported(device) else "float32",
+                    "channels_last": bool(args.channels_last and gpu),
+                    ("matmul_bf16_gflops" if gpu else "matmul_fp32_gflops"): peak}
     if device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name()
 
@@ -216,6 +224,7 @@ def main() -> None:
             "fraction_of_matmul_peak": flops * compiled["images_per_second"] / g.batch_size / 1e9 / peak},
         "train_step_gflop_per_image": flops / g.batch_size / 1e9,
         "achieved_gflops": achieved,
+        "achieved_tflops": achieved / 1000,
         "fraction_of_matmul_peak": achieved / peak,
         "sample_images_per_second": {
             "synthmed": ours_sample, "synthmed_sampler": f"{g.sampler} {g.sample_steps} steps, CFG batched",

@@ -269,3 +269,29 @@ def test_real_training_end_to_end(tmp_path, monkeypatch):
     acc = [r for r in res["summary"] if r["metric"] == "accuracy"]
     assert len(acc) == 2 and all(0 <= r["mean"] <= 1 for r in acc)
     assert {"sensitivity[dark]", "specificity[dark]", "f1[dark]"} <= {r["metric"] for r in res["summary"]}
+
+
+# --------------------------------------------------------------------------- job arrays and local workers
+
+
+def test_job_array_shards_compute_their_repeats_and_the_last_assembles(tmp_path, spy):
+    full = run(tmp_path / "full")
+    spy.clear()
+    first = run(tmp_path, cfg=replace(CFG, shard="0/2"))
+    assert first["partial"] and first["cells_missing"] > 0
+    assert sorted({p.name.split("__")[0] for p in (tmp_path / "exp/cells").iterdir()}) == ["s0"]
+    second = run(tmp_path, cfg=replace(CFG, shard="1/2"))  # the other task finds every cell: it assembles
+    assert not second.get("partial")
+    assert [(r["protocol"], r["metric"], r["mean"]) for r in second["summary"]] == \
+        [(r["protocol"], r["metric"], r["mean"]) for r in full["summary"]]
+    with pytest.raises(ValueError, match="0 <= K < N"):
+        run(tmp_path / "bad", cfg=replace(CFG, shard="2/2"))
+
+
+@pytest.mark.slow  # spawns worker processes that import torch
+def test_cells_in_parallel_workers_give_the_serial_numbers(tmp_path):
+    serial = run(tmp_path / "serial", protocols=["baseline", "mix"], repeats=REPEATS[:1])
+    parallel = run(tmp_path / "parallel", protocols=["baseline", "mix"], repeats=REPEATS[:1],
+                   cfg=replace(CFG, workers=2))
+    assert [(r["protocol"], r["metric"], r["mean"]) for r in parallel["summary"]] == \
+        [(r["protocol"], r["metric"], r["mean"]) for r in serial["summary"]]

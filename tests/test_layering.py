@@ -1,6 +1,6 @@
 """The package layout tells the pipeline, and no module reaches backwards: a stage imports only
 stages before it (data -> generators -> classifiers -> features -> selection -> metrics ->
-downstream -> report -> pipeline -> compare -> study -> cli; config, files and runtime are below everything)."""
+downstream -> report -> pipeline -> compare -> study -> cli; config, files, runtime and distributed are below everything)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import synthmed
 
-ORDER = ["synthmed", "config", "files", "runtime", "data", "generators", "classifiers", "features", "selection",
-         "metrics", "downstream", "report", "pipeline", "compare", "study", "cli"]
+ORDER = ["synthmed", "config", "files", "runtime", "distributed", "data", "generators", "classifiers", "features", "selection",
+         "metrics", "downstream", "report", "pipeline", "compare", "study", "cli", "__main__"]
 ROOT = Path(synthmed.__file__).parent
 
 

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthmed import runtime
+from synthmed import distributed, runtime
 from synthmed.config import ClassifierConfig
 from synthmed.data.dataset import ImageDataset
+from synthmed.data.storage import training_images
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
             opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-        x_tr, y_tr = train.to_tensor()
+        x_tr, y_tr = training_images(train)  # memory-mapped splits are read batch by batch (data/storage.py)
         x_va, y_va = val.to_tensor()
         n, bs = len(x_tr), max(1, cfg.batch_size)
         # a "round" ends with a validation: one epoch, or eval_every steps under a step budget
@@ -375,11 +376,19 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         batches = _batch_stream(n, bs, gen)
         weight = class_weights(y_tr, train.num_classes, cfg.class_weighting)
         weight = None if weight is None else weight.to(device)
+        # several ranks: bs is the global batch; every rank draws and augments it, trains on its rows
+        world = distributed.world()
+        if world.active and str(device).startswith("cuda"):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BatchNorm over the global batch, as one process
+        train_model = distributed.wrap(model, device)
+        if world.rank > 0:  # dropout draws from torch's own stream: other masks than rank 0's rows get
+            torch.manual_seed(seed + 1_000_003 * world.rank)
 
         history = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_acc": []}
         best_loss, best_epoch, best_state, waited, step = math.inf, -1, None, 0, 0
         stopped_early = False
-        bar = tqdm(range(n_rounds), desc=f"classifier ({cfg.arch}, seed {seed})", disable=not progress, leave=False)
+        bar = tqdm(range(n_rounds), desc=f"classifier ({cfg.arch}, seed {seed})",
+                   disable=not progress or not distributed.is_main(), leave=False)
         # at most this many steps: early stopping may end sooner
         max_steps, timer = cfg.steps or cfg.epochs * math.ceil(n / bs), runtime.StepTimer()
         for epoch in bar:
@@ -388,12 +397,20 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
                 round_steps = min(cfg.eval_every, cfg.steps - step)
             loss_sum, seen = 0.0, 0
             for idx in (next(batches) for _ in range(round_steps)) if round_steps else _one_epoch(n, bs, gen):
+                if world.active and len(idx) < world.world_size:
+                    continue  # a trailing batch too small to give every rank an image
                 xb, yb = x_tr[idx], y_tr[idx]
                 if ops:
                     xb = augment_batch(xb, gen, ops, cfg.jitter)
-                loss = F.cross_entropy(model(xb.to(device)), yb.to(device), weight=weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if world.active:
+                    loss = _rank_share_of_loss(train_model, xb, yb, weight, device)
+                    opt.zero_grad(set_to_none=True)
+                    (loss * distributed.gradient_scale()).backward()  # DDP's mean over ranks -> the global gradient
+                    loss = torch.tensor(distributed.sum_over_ranks(loss.item()))
+                else:
+                    loss = F.cross_entropy(model(xb.to(device)), yb.to(device), weight=weight)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 opt.step()
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
@@ -402,6 +419,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
                     _warn_if_long(cfg, timer.seconds_per_step, max_steps, n, device)
             if sched is not None:
                 sched.step()
+            distributed.broadcast_buffers(model)  # each rank's BatchNorm statistics saw its rows: use rank 0's
             val_loss, val_acc = _evaluate(model, x_va, y_va, device, 256, weight)
             history["epoch"].append(epoch)
             history["step"].append(step)
@@ -435,6 +453,16 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
         "val_fingerprint": val.fingerprint(),
     }
     return TrainedClassifier(model, history, cfg, list(train.class_names), train.fingerprint(), meta, device)
+
+
+def _rank_share_of_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, weight: torch.Tensor | None,
+                        device: str) -> torch.Tensor:
+    """This rank's rows' part of the global batch's (class-weighted) mean cross-entropy: their sum over
+    the whole batch's weight, so the ranks' parts add up to the one-process loss."""
+    rows = distributed.shard_rows(len(yb))
+    per_image = F.cross_entropy(model(xb[rows].to(device)), yb[rows].to(device), weight=weight, reduction="none")
+    total_weight = len(yb) if weight is None else weight[yb.to(device)].sum()
+    return per_image.sum() / total_weight
 
 
 def _warn_if_long(cfg: ClassifierConfig, seconds_per_step: float, max_steps: int, n: int, device: str) -> None:

@@ -119,6 +119,8 @@ def _add_config_options(p: argparse.ArgumentParser, config_positional: bool = Fa
     _config_flag(p, "--seed", key="seed", help="run seed")
     _config_flag(p, "--device", key="device", choices=["auto", "cpu", "cuda"])
     _config_flag(p, "--threads", key="threads", help="torch CPU threads (default: the config's threads, 0 = all cores)")
+    _config_flag(p, "--distributed", key="distributed", choices=["auto", "off", "on"],
+                 help="under torchrun / accelerate launch: train and sample on all processes (docs/scale-out.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set generator.train_steps=500 (repeatable)")
 
@@ -155,7 +157,10 @@ def cmd_train(args) -> int:
     out, device = pipeline.prepare(cfg)
     splits = pipeline.step_data(cfg, out, download=args.download, quiet=args.quiet)
     pipeline.step_train(cfg, out, splits, device, resume=not args.no_resume, quiet=args.quiet)
-    print(f"generator: {(out / 'generator').resolve()}")
+    from synthmed import distributed
+
+    if distributed.is_main():  # under torchrun: once, not once per process
+        print(f"generator: {(out / 'generator').resolve()}")
     return 0
 
 
@@ -172,7 +177,11 @@ def cmd_sample(args) -> int:
     with _naming_flags(args):  # the run's saved config, with --set and the flags on top, checked
         cfg = _load(run_dir / "config.yaml", overrides=overrides)
     set_threads(cfg.threads)
+    from synthmed import distributed
+
     device = resolve_device(cfg.device)
+    distributed.init(cfg.distributed, device)  # under torchrun: the ranks share out the chunks of images
+    device = distributed.device_for(device)
     gen = pipeline.load_run_generator(run_dir, device=device)
     n = cfg.samples_per_class or 100
     folder = Path(args.out) if args.out else run_dir / "samples"
@@ -184,7 +193,8 @@ def cmd_sample(args) -> int:
     pipeline.step_sample(cfg, run_dir, gen, [n] * len(gen.class_names), guidance=guidance,
                          seed=cfg.seed if args.seed is not None else None, folder=folder, quiet=args.quiet,
                          sampler=getattr(g, "sampler", None), steps=getattr(g, "sample_steps", None))
-    print(f"samples: {folder.resolve()}")
+    if distributed.is_main():
+        print(f"samples: {folder.resolve()}")
     return 0
 
 
@@ -322,7 +332,9 @@ def cmd_downstream(args) -> int:
     cfg = _config_from_args(args)  # --protocols, --filters, ... are downstream.* keys, checked with the rest
     out, device = pipeline.prepare(cfg)
     splits = pipeline.step_data(cfg, out, download=args.download, quiet=args.quiet)
-    pipeline.step_downstream_experiment(cfg, out, splits, device, quiet=args.quiet)
+    result = pipeline.step_downstream_experiment(cfg, out, splits, device, quiet=args.quiet)
+    if result.get("partial"):
+        return 0
     pipeline.step_report(out, splits, quiet=args.quiet)
     print(f"downstream results: {(out / 'downstream').resolve()}; report: {(out / 'report.html').resolve()}")
     return 0
@@ -660,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(q, "--subsets", key="downstream.subsets",
                  help="k non-overlapping training subsets (0: repeat over seeds)")
     _config_flag(q, "--per-class", key="downstream.subset_per_class", help="images per class in each subset")
+    _config_flag(q, "--workers", key="downstream.workers", help="local processes running a repeat's cells in parallel")
+    _config_flag(q, "--shard", key="downstream.shard", text=True,
+                 help="K/N: only repeats i %% N == K (one task of a job array, docs/scale-out.md)")
     _config_flag(q, "--reuse-generator", key="downstream.reuse_generator", action="store_const", const=True,
                  help="one generator for all repeats (warned)")
     q.add_argument("--download", action="store_true")

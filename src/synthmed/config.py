@@ -59,6 +59,10 @@ class DataConfig:
     classes: list[str] | None = None
     #: size of the embedded default dataset (images per class before splitting; 3-cell stage is rarer)
     embryo_per_class: list[int] = field(default_factory=lambda: [400, 140, 400])
+    #: where decoded splits live: "memory", "disk" (a memory-mapped cache file, read lazily; docs/scale-out.md)
+    #: or "auto": disk once the splits' float32 tensors would exceed in_memory_max_gb
+    storage: str = "auto"
+    in_memory_max_gb: float = 8.0
     #: CSV manifest columns of the user's own that synthmed keeps out of its way (any other unknown
     #: column is an error: a typo such as ``patientid`` would otherwise silently give an image-level split)
     extra_columns: list[str] = field(default_factory=list)
@@ -144,6 +148,9 @@ class DiffusionConfig:
     #: torch.compile the denoiser for training (inductor; the first steps are slow while it compiles, and
     #: it needs a C++ compiler on CPU); the saved weights are the same either way
     compile: bool = False
+    #: channels_last (NHWC) weights for training on CUDA, faster convolutions on tensor cores where it
+    #: measures so (benchmarks/train_throughput.py --channels-last); ignored on CPU
+    channels_last: bool = False
     checkpoint_every: int = 500
     log_every: int = 25
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -348,6 +355,11 @@ class DownstreamConfig:
     reuse_generator: bool = False
     #: synthetic pool per class = oversample x what the most demanding protocol needs
     oversample: float = 1.0
+    #: local processes training a repeat's classifier cells in parallel (1: in this process)
+    workers: int = 1
+    #: "K/N": run only the repeats i with i % N == K (one task of a cluster job array, docs/scale-out.md);
+    #: results are assembled once every cell file exists (a final run without a shard, or the last task)
+    shard: str | None = None
 
 
 @dataclass
@@ -358,6 +370,9 @@ class RunConfig:
     #: CPU threads for torch; 0 = all cores
     threads: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
+    #: several processes (torchrun / accelerate launch): "auto" joins their process group when started by a
+    #: launcher, "off" never does, "on" requires one (docs/scale-out.md); batch sizes stay the GLOBAL batch
+    distributed: str = "auto"
     #: synthetic images per class to generate (None: as many as the real training split has)
     samples_per_class: int | None = 200
     data: DataConfig = field(default_factory=DataConfig)
@@ -594,13 +609,14 @@ _CLASSIFIER_RULES = {
 #: classifier, is checked at both places); None values of optional fields are not checked
 RULES: dict[type, dict[str, Range | Choice | Each]] = {
     RunConfig: {"seed": AT_LEAST_0, "threads": AT_LEAST_0, "samples_per_class": AT_LEAST_1,
-                "device": Choice(("auto", "cpu", "cuda"))},
+                "device": Choice(("auto", "cpu", "cuda")), "distributed": Choice(("auto", "off", "on"))},
     DataConfig: {
         "image_size": Range(8), "channels": Choice((1, 3)), "resize_policy": Choice(("resize", "error")),
         "split": Choice(("official", "auto", "random")), "val_fraction": OPEN_FRACTION,
         "test_fraction": OPEN_FRACTION, "split_seed": AT_LEAST_0, "train_per_class": AT_LEAST_1,
         "imbalance_ratio": Range(0, 1, lo_open=True), "cross_split_duplicates": Choice(("drop", "error", "keep")),
         "roi_multiple": Choice(("error", "largest")), "classes": Each(nonempty=True), "embryo_per_class": WIDTHS,
+        "storage": Choice(("auto", "memory", "disk")), "in_memory_max_gb": POSITIVE,
     },
     AutoencoderConfig: {"latent_channels": AT_LEAST_1, "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
                         "kl_weight": AT_LEAST_0, "lr": POSITIVE, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_0},
@@ -647,7 +663,8 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
         "augmentations": Each(Choice(AUGMENTATION_NAMES)),
         "protocols": Each(Choice(PROTOCOL_NAMES, r"ratio-\d+:\d+", "ratio-R:S (e.g. ratio-50:50)"), nonempty=True),
         "filters": Each(Choice(FILTER_NAMES), nonempty=True), "subsets": AT_LEAST_0, "subset_per_class": AT_LEAST_1,
-        "subset_fraction": Range(0, 1, lo_open=True), "oversample": AT_LEAST_1,
+        "subset_fraction": Range(0, 1, lo_open=True), "oversample": AT_LEAST_1, "workers": AT_LEAST_1,
+        "shard": Choice((), r"\d+/\d+", "K/N with 0 <= K < N (e.g. 0/4)"),
     },
 }
 

@@ -30,6 +30,7 @@ from synthmed.generators.base import Generator
 from synthmed.generators.registry import build_generator, load_generator
 # below these a number still gets computed, but the report says how little it means
 from synthmed.report.verdict import MIN_TEST_PER_CLASS, MIN_TRAIN_PER_CLASS, run_verdict, run_warnings
+from synthmed import distributed
 from synthmed.runtime import resolve_device, seed_everything, set_threads
 
 
@@ -38,7 +39,7 @@ def run_dir(cfg: RunConfig) -> Path:
 
 
 def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
+    if not quiet and distributed.is_main():
         print(f"[synthmed] {msg}", flush=True)
 
 
@@ -48,9 +49,12 @@ def prepare(cfg: RunConfig) -> tuple[Path, str]:
 
     check_extractor_name(cfg.evaluate.extractor)  # used only after training: a typo must stop the run now
     out = run_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)
+    world = distributed.init(cfg.distributed, device)  # under torchrun: this process's rank
+    device = distributed.device_for(device)
+    if distributed.is_main():  # several processes: rank 0 writes the run folder
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     threads = set_threads(cfg.threads)
     seed_everything(cfg.seed)
     import torch
@@ -60,12 +64,17 @@ def prepare(cfg: RunConfig) -> tuple[Path, str]:
     info.update({
         "synthmed_version": synthmed.__version__, "torch_version": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "device": device, "threads": threads, "seed": cfg.seed, "preset": cfg.preset,
+        "processes": world.world_size,
     })
-    atomic_write_json(info, info_path)
+    if distributed.is_main():
+        atomic_write_json(info, info_path)
+    distributed.barrier()  # the folder exists before any rank reads or writes in it
     return out, device
 
 
 def _update_run_info(out: Path, **values) -> None:
+    if not distributed.is_main():
+        return
     path = out / "run.json"
     info = json.loads(path.read_text()) if path.is_file() else {}
     for k, v in values.items():
@@ -97,13 +106,28 @@ def step_data(cfg: RunConfig, out: Path, *, download: bool = False, quiet: bool 
 
     t0 = time.time()
     splits = load_dataset(cfg.data, download=download)
+    splits = place_splits(splits, cfg.data)
     summary = splits.summary()
-    atomic_write_json(summary, out / "data.json")
+    if distributed.is_main():
+        atomic_write_json(summary, out / "data.json")
     _update_run_info(out, data_fingerprints={s: summary[s]["fingerprint"] for s in ("train", "val", "test")},
                      timings={"data": time.time() - t0})
     _log(f"data: {splits.source} ({splits.split_policy}); train {len(splits.train)}, val {len(splits.val)}, "
          f"test {len(splits.test)}; classes {splits.class_names}", quiet)
     return splits
+
+
+def place_splits(splits: DataSplits, data_cfg) -> DataSplits:
+    """The splits in memory, or in memory-mapped cache files read lazily (``data.storage``, chosen by
+    ``data.in_memory_max_gb`` under "auto"); the same images, fingerprints and hashes either way."""
+    from dataclasses import replace
+
+    from synthmed.data.storage import choose_storage, split_bytes, to_disk
+
+    total = sum(split_bytes(s) for s in (splits.train, splits.val, splits.test))
+    if choose_storage(total, data_cfg.storage, data_cfg.in_memory_max_gb) == "memory":
+        return splits
+    return replace(splits, train=to_disk(splits.train), val=to_disk(splits.val), test=to_disk(splits.test))
 
 
 def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, resume: bool = True,
@@ -150,7 +174,8 @@ def step_sample(cfg: RunConfig, out: Path, gen, counts: list[int], *, guidance: 
     seed = cfg.seed + 1 if seed is None else seed
     syn = gen.sample(counts, guidance=guidance, seed=seed, sampler=sampler, steps=steps, progress=not quiet)
     folder = folder or out / "samples"
-    save_image_set(syn, folder)
+    if distributed.is_main():  # several processes sampled their chunks; every rank holds the whole set
+        save_image_set(syn, folder)
     _update_run_info(out, timings={"sample": syn.meta["seconds"]})
     how = (f"{syn.meta['sampler']}, {syn.meta['steps']} steps, guidance {syn.meta['guidance']}"
            if syn.meta.get("guidance") is not None else f"{syn.meta['sampler']}, no guidance")
@@ -501,6 +526,11 @@ def step_downstream_experiment(cfg: RunConfig, out: Path, splits: DataSplits, de
                             filters=d.filters, out_dir=exp_dir, device=device, progress=not quiet,
                             reuse_generator=d.reuse_generator, tau=cfg.select.tau)
     _update_run_info(out, timings={"downstream_experiment": time.time() - t0})
+    if result.get("partial"):  # one task of a job array: the other tasks' cells are not all written yet
+        _log(f"downstream: shard {result['shard']} done; {result['cells_done']} cells written, "
+             f"{result['cells_missing']} still to come from the other tasks (rerun without downstream.shard "
+             "to assemble)", quiet)
+        return result
     if not quiet:
         print(format_results_table(result["summary"]), flush=True)
     return result
@@ -708,6 +738,12 @@ def run(cfg: RunConfig, *, resume: bool = True, download: bool = False, quiet: b
     _log(f"run '{cfg.name}' -> {out.resolve()} (device {device})", quiet)
     splits = step_data(cfg, out, download=download, quiet=quiet)
     gen = step_train(cfg, out, splits, device, resume=resume, quiet=quiet)
+    if distributed.world().active:
+        # several processes trained the generator; rank 0 goes on alone (evaluation, downstream, report)
+        main = distributed.is_main()
+        distributed.shutdown()
+        if not main:
+            return out
     judge = step_judge(cfg, splits, device, quiet=quiet)
     step_reconstruction(out, gen, splits, judge, quiet=quiet)
     extractor = feature_extractor(cfg, judge, device)

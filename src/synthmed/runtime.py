@@ -47,6 +47,20 @@ def bf16_supported(device: str) -> bool:
     return device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def autocast_dtype(device: str, enabled: bool = True):
+    """The autocast dtype of a training step: bfloat16 on CUDA GPUs that support it, else None
+    (float32). Never float16: `renal-ldm` found fp16 AMP silently froze weights whose gradients
+    underflowed, and bf16 has float32's exponent range, so it needs no loss scaling."""
+    import torch
+
+    return torch.bfloat16 if enabled and bf16_supported(device) else None
+
+
+def fused_adam_supported(device: str) -> bool:
+    """torch's fused (single-kernel) Adam/AdamW: on CUDA; the for-each path elsewhere."""
+    return str(device).startswith("cuda")
+
+
 # --------------------------------------------------------------------------- step timing
 #
 # Every training loop (generator, autoencoder, classifiers) times its first steps, and a run that

@@ -170,6 +170,37 @@ def _run_cell(plan, splits: DataSplits, cfg: DownstreamConfig, seed: int, device
     return {"stages": stages, "metrics": metrics}
 
 
+def _parse_shard(shard: str | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    k, n = (int(v) for v in shard.split("/"))
+    if not 0 <= k < n:
+        raise ValueError(f"downstream.shard = {shard!r}: K/N needs 0 <= K < N (e.g. $SLURM_ARRAY_TASK_ID/"
+                         "$SLURM_ARRAY_TASK_COUNT with an array 0..N-1)")
+    return k, n
+
+
+def _worker_pool(workers: int):
+    """A pool of ``workers`` fresh processes (spawned: no forked torch state), or None for one."""
+    if workers <= 1:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(workers,))
+
+
+def _start_worker(workers: int) -> None:
+    """Each worker gets its share of the cores, so N workers do not oversubscribe the machine."""
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // workers))
+
+
 # --------------------------------------------------------------------------- experiment
 
 
@@ -187,6 +218,11 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
     default the realism filter of :mod:`synthmed.selection.filter` ("global", "class") or the confidence
     filter of :mod:`synthmed.selection.confidence` ("confidence", keeping p >= ``tau``). Protocols trained
     on real images only are run once, with filter "none".
+
+    ``cfg.workers`` > 1: a repeat's cells train their classifiers in that many local processes (each
+    cell's numbers are those of a serial run: a cell depends on its seed and data only). ``cfg.shard``
+    "K/N": only repeats i with i % N == K are computed here (one task of a job array); the results are
+    assembled when every cell's file exists, else ``{"partial": True, ...}`` is returned.
     """
     protocols = expand_protocols(list(protocols))
     unknown = [f for f in filters if f not in FILTERS]
@@ -204,7 +240,10 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
     allowed_reused = {splits.train.fingerprint(), *(r[1].fingerprint() for r in repeats)}
     # what determines a cell's numbers (besides its repeat, protocol and filter); the generator is
     # recorded in the cell, not hashed, so resuming never has to re-run it just to compare
-    experiment_key = {"downstream": asdict(cfg), "val": splits.val.fingerprint(), "test": splits.test.fingerprint()}
+    # (how the cells are shared out over processes or tasks does not change them: not hashed)
+    how_run = ("workers", "shard")
+    experiment_key = {"downstream": {k: v for k, v in asdict(cfg).items() if k not in how_run},
+                      "val": splits.val.fingerprint(), "test": splits.test.fingerprint()}
     groups = [(p, f) for p in protocols for f in (filters if uses_synthetic(p) else ("none",))]
 
     def cell_hash(i: int, p: str, f: str) -> str:
@@ -230,6 +269,10 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
             else:
                 todo.append((i, p, f))
 
+    shard = _parse_shard(cfg.shard)
+    if shard is not None:  # one task of a job array: its repeats only, the others are other tasks'
+        todo = [t for t in todo if t[0] % shard[1] == shard[0]]
+    pool_of_workers = _worker_pool(cfg.workers)
     bar = tqdm(total=len(todo), desc="downstream cells", disable=not progress)
     for i in sorted({t[0] for t in todo}):
         rid, subset, seed = repeats[i]
@@ -238,6 +281,7 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
         if any(uses_synthetic(p) for p, _ in mine):
             synthetic, generator_fp = synthetic_for(subset, i)
             reused = _check_synthetic(splits, subset, synthetic, generator_fp, allowed_reused, reuse_generator, rid)
+        planned = []
         for p, f in mine:
             bar.set_postfix_str(f"repeat {rid}: {p} / {f}")
             pool, report = None, None
@@ -253,7 +297,13 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
                         f"; raise downstream.oversample (now {cfg.oversample:g}) so that the pool is larger than "
                         "what the protocols need by the filter's rejection rate")
                 raise NotEnoughSyntheticError(f"repeat {rid}{kept}: {e}{hint}") from None
-            result = _run_cell(plan, splits, cfg, seed, device)
+            planned.append((p, f, pool, report, plan))
+        if pool_of_workers is None:
+            results = (_run_cell(plan, splits, cfg, seed, device) for *_, plan in planned)
+        else:  # the cells of this repeat in parallel processes, written in order as they finish
+            results = pool_of_workers.map(_run_cell, [plan for *_, plan in planned], *zip(*[
+                (splits, cfg, seed, device)] * len(planned)))
+        for (p, f, pool, report, _plan), result in zip(planned, results):
             cell = {"repeat": str(rid), "protocol": p, "filter": f, "seed": seed, "config_hash": cell_hash(i, p, f),
                     "train": _describe(subset),
                     "generator_fingerprint": generator_fp if uses_synthetic(p) else None,
@@ -265,6 +315,16 @@ def run_experiment(splits: DataSplits, *, protocols: Sequence[str], synthetic_fo
             cells[(str(rid), p, f)] = json.loads(path.read_text())  # exactly what a resumed run will load
             bar.update()
     bar.close()
+    if pool_of_workers is not None:
+        pool_of_workers.shutdown()
+    if shard is not None:
+        for i, (rid, _subset, _seed) in enumerate(repeats):  # cells other tasks finished meanwhile
+            for p, f in groups:
+                if (str(rid), p, f) not in cells and cell_path(rid, p, f).is_file():
+                    cells[(str(rid), p, f)] = json.loads(cell_path(rid, p, f).read_text())
+        missing = len(repeats) * len(groups) - len(cells)
+        if missing:
+            return {"partial": True, "shard": cfg.shard, "cells_done": len(cells), "cells_missing": missing}
 
     results = _assemble(splits, protocols, list(filters), repeats, cfg, cells, groups, confidence, reuse_generator)
     _write_json(results, out_dir / "results.json")

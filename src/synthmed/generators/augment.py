@@ -38,26 +38,33 @@ def translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, p: float, gen: torch.Generator, *, kinds=AUGMENTATIONS, translation: float = 0.125,
-            cutout: float = 0.25) -> torch.Tensor:
+            cutout: float = 0.25, rows: torch.Tensor | None = None, total: int | None = None) -> torch.Tensor:
     """``x`` (N, C, H, W) in [-1, 1], each transform of ``kinds`` applied to each image with probability ``p``.
 
     translation: up to ``translation`` x the image size in each direction; flip: horizontal and
     vertical, each on its own (medical images have no up or left); colour: brightness, contrast and
     (RGB) saturation; cutout: one square of ``cutout`` x the size set to 0.
+
+    ``rows`` and ``total`` (distributed training): ``x`` holds the images ``rows`` of a batch of
+    ``total``; the draws are made for the whole batch and these rows' draws applied, so every rank
+    augments its share exactly as one process augments the whole batch.
     """
     unknown = set(kinds) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; choose from {list(AUGMENTATIONS)}")
     n, c, h, w = x.shape
     dev = x.device
+    drawn = n if rows is None else int(total)
     # all draws happen whatever p is, so the stream of random numbers never depends on the schedule
     draws = {
-        "translation": (_chosen(p, n, gen, dev),
-                        torch.randint(-int(translation * h), int(translation * h) + 1, (n, 2), generator=gen)),
-        "flip": (_chosen(p, n, gen, dev), _chosen(p, n, gen, dev)),
-        "colour": (_chosen(p, n, gen, dev), torch.rand(n, 3, generator=gen).to(dev)),
-        "cutout": (_chosen(p, n, gen, dev), torch.rand(n, 2, generator=gen)),
+        "translation": (_chosen(p, drawn, gen, dev),
+                        torch.randint(-int(translation * h), int(translation * h) + 1, (drawn, 2), generator=gen)),
+        "flip": (_chosen(p, drawn, gen, dev), _chosen(p, drawn, gen, dev)),
+        "colour": (_chosen(p, drawn, gen, dev), torch.rand(drawn, 3, generator=gen).to(dev)),
+        "cutout": (_chosen(p, drawn, gen, dev), torch.rand(drawn, 2, generator=gen)),
     }
+    if rows is not None:
+        draws = {k: tuple(t[rows.to(t.device)] for t in v) for k, v in draws.items()}
     if p <= 0:
         return x
     if "translation" in kinds and int(translation * h) > 0:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from synthmed import runtime
+from synthmed import distributed, runtime
 from synthmed.config import AutoencoderConfig
 from synthmed.files import atomic_torch_save, default_cache_dir
 from synthmed.generators.networks import build_autoencoder, count_parameters
@@ -94,12 +94,16 @@ class LatentAutoencoder:
         decision: dict | None = None if budget_s is None else {
             "budget_seconds": budget_s, "seconds_per_step": None, "chosen_steps": None, "train_steps_cap": cfg.train_steps}
         estimate = None
-        timer = runtime.StepTimer(exact=budget_s is not None)
-        bar = tqdm(range(cfg.train_steps), desc="autoencoder", disable=not progress, leave=False)
+        timer = distributed.SharedStepTimer(exact=budget_s is not None)
+        bar = tqdm(range(cfg.train_steps), desc="autoencoder", disable=not progress or not distributed.is_main(),
+                   leave=False)
+        # several ranks: the global batch is drawn on every rank, each encodes and decodes its rows
+        world = distributed.world()
+        train_vae = distributed.wrap(_EncodeDecode(self.vae), self.device)
         for step in bar:
             if step >= total:
                 break
-            if budget_s is not None and timer.elapsed >= budget_s:
+            if budget_s is not None and distributed.main_decides(timer.elapsed >= budget_s):
                 decision["stopped_at_step"] = step  # slower than measured at the start: the budget still holds
                 warnings.warn(f"generator.budget_minutes: the autoencoder's share of the budget is up at step {step} "
                               f"of the {total} planned (the steps got slower than measured at the start); stopped there")
@@ -111,20 +115,28 @@ class LatentAutoencoder:
                 xb = xb.flip(-1)
             if torch.rand((), generator=g) < 0.5:
                 xb = xb.flip(-2)
-            post = self.vae.encode(xb).latent_dist
-            z = post.sample(generator=g)
-            rec = self.vae.decode(z).sample
-            kl = post.kl().mean() / (xb[0].numel())
-            loss = F.l1_loss(rec, xb) + F.mse_loss(rec, xb) + cfg.kl_weight * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if world.active:
+                loss = self._rank_share_of_loss(train_vae, xb, g)
+                opt.zero_grad(set_to_none=True)
+                (loss * distributed.gradient_scale()).backward()  # DDP's mean over ranks -> the global gradient
+                loss_value = distributed.sum_over_ranks(loss.item())
+            else:
+                post = self.vae.encode(xb).latent_dist
+                z = post.sample(generator=g)
+                rec = self.vae.decode(z).sample
+                kl = post.kl().mean() / (xb[0].numel())
+                loss = F.l1_loss(rec, xb) + F.mse_loss(rec, xb) + cfg.kl_weight * kl
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                loss_value = loss.item()
             opt.step()
             sched.step()
-            running += loss.item()
+            running += loss_value
             done = step + 1
             if timer.tick():
                 if decision is not None:
-                    decision = self._choose_steps(timer, budget_s, done)
+                    decision = distributed.main_decides(self._choose_steps(timer, budget_s, done)
+                                                        if distributed.is_main() else None)
                     total = decision["chosen_steps"]
                     # the recursive cosine goes on from the present lr and reaches eta_min at the new end
                     sched.T_max = max(total, 1)
@@ -158,6 +170,18 @@ class LatentAutoencoder:
             self.history["reconstruction"] = self.reconstruction_quality(x_val)
         return self.history
 
+    def _rank_share_of_loss(self, train_vae, xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """This rank's rows' part of the global batch's loss as :meth:`fit` computes it in one process: the
+        posterior noise is drawn for the whole batch, the rows' terms summed and divided by the batch size."""
+        n = len(xb)
+        rows = distributed.shard_rows(n)
+        c, s, _ = self.latent_shape
+        eps = torch.randn((n, c, s, s), generator=g)[rows].to(self.device)  # what post.sample(generator=g) draws
+        rec, kl = train_vae(xb[rows], eps)
+        per_image = ((rec - xb[rows]).abs().flatten(1).mean(1) + (rec - xb[rows]).square().flatten(1).mean(1)
+                     + self.cfg.kl_weight * kl / xb[0].numel())
+        return per_image.sum() / n
+
     def fit_or_load(self, x: torch.Tensor, x_val: torch.Tensor | None = None, *, train_fingerprint: str,
                     val_fingerprint: str | None, seed: int = 0, progress: bool = True,
                     cache_dir: str | os.PathLike | None = None) -> dict:
@@ -171,11 +195,14 @@ class LatentAutoencoder:
             return self.history
         path = autoencoder_cache_path(self.cfg, self.image_size, self.channels, train_fingerprint,
                                       val_fingerprint or "noval", seed, cache_dir)
-        if path.is_file() and self._load_cached(path, train_fingerprint, val_fingerprint or "noval"):
+        hit = path.is_file() and self._load_cached(path, train_fingerprint, val_fingerprint or "noval")
+        if distributed.sum_over_ranks(0.0 if hit else 1.0) == 0:  # several ranks: all load it, or all train
             self.history.update(cache="hit", cache_file=str(path))
             return self.history
         self.fit(x, x_val, seed=seed, progress=progress)
         self.history.update(cache="miss", cache_file=str(path))
+        if not distributed.is_main():  # every rank trained the same autoencoder; rank 0 stores it
+            return self.history
         try:
             atomic_torch_save({"format": CACHE_FORMAT, "train_fingerprint": train_fingerprint,
                                "val_fingerprint": val_fingerprint or "noval", "seed": seed,
@@ -270,6 +297,20 @@ class LatentAutoencoder:
         self.vae.load_state_dict(state["vae"])
         self.scaling_factor = state["scaling_factor"]
         self.history = state.get("history", {})
+
+
+class _EncodeDecode(torch.nn.Module):
+    """One training pass of the autoencoder as a module, for DistributedDataParallel: encode, sample the
+    posterior with the given noise, decode; returns (reconstruction, per-image KL)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        post = self.vae.encode(x).latent_dist
+        z = post.mean + post.std * eps
+        return self.vae.decode(z).sample, post.kl()
 
 
 def load_pretrained_vae(path: str, channels: int):

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from synthmed import distributed
 from synthmed.data.dataset import ImageDataset
 from synthmed.files import atomic_write_json
 
@@ -143,6 +144,7 @@ class Generator(ABC):
         ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
         if resume and ckpt is not None and ckpt.is_file():
             self._load_checkpoint(ckpt, expect_fingerprint=fingerprint)
+        distributed.barrier()  # every rank has read the checkpoint before rank 0 may replace it
         self.train_fingerprint = fingerprint
         self.train_image_hashes = train.image_hashes()
         # recorded for the data card of every set sampled later (saved with the checkpoint's history)
@@ -154,6 +156,8 @@ class Generator(ABC):
         ``_save_checkpoint``) and ``generator.json`` naming the kind, its settings and provenance, plus
         ``extra`` fields."""
         d = Path(directory)
+        if not distributed.is_main():  # several processes: every rank holds the same generator, rank 0 writes it
+            return d
         d.mkdir(parents=True, exist_ok=True)
         self._save_checkpoint(d / CHECKPOINT)
         import synthmed

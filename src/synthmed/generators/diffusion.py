@@ -18,19 +18,22 @@ Why it is fast on a CPU (measured in ``benchmarks/train_throughput.py``):
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 import synthmed
-from synthmed import runtime
+from synthmed import distributed, runtime
 from synthmed.config import AutoencoderConfig, DiffusionConfig
 from synthmed.data.dataset import ImageDataset
+from synthmed.data.storage import LazyImages, training_images
 from synthmed.generators.autoencoder import LatentAutoencoder
 from synthmed.files import atomic_torch_save
 from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
@@ -94,9 +97,11 @@ class DiffusionGenerator(Generator):
     # ------------------------------------------------------------------ training
     def _training_tensors(self, train: ImageDataset, val: ImageDataset | None, progress: bool):
         """Everything the loop samples from, prepared once: pixels, or latents of each flip variant."""
-        x, y = train.to_tensor()
+        x, y = training_images(train)  # a memory-mapped split is read lazily, batch by batch (data/storage.py)
         if self.autoencoder is None:
             return x, y, None
+        if isinstance(x, LazyImages):  # latents are encoded once from all images (they are 16-64x smaller)
+            x = x[:]
         ae = self.autoencoder
         if not self.cfg.autoencoder.pretrained_path and not ae.history:
             x_val = val.to_tensor()[0] if val is not None and len(val) else None
@@ -148,7 +153,10 @@ class DiffusionGenerator(Generator):
         total, decided = self._planned_steps()
         # a list, so the warm-up can follow a step count the budget chooses after the loop started
         warmup = [cfg.warmup_steps if budget_s is None or not decided else self._budget_warmup(total)]
-        opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                **({"fused": True} if runtime.fused_adam_supported(dev) else {}))
+        if cfg.channels_last and dev.startswith("cuda"):  # NHWC convolutions (tensor cores); a no-op for the weights
+            self.unet.to(memory_format=torch.channels_last)
         lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup[0], 1)))
         if self._opt_state is not None:
             opt.load_state_dict(self._opt_state)
@@ -162,17 +170,25 @@ class DiffusionGenerator(Generator):
         params = list(self.unet.parameters())
         bs = min(cfg.batch_size, n)
         draw_weights = self._draw_weights(labels) if cfg.class_balance > 0 else None
-        train_net = self._compiled_net() if cfg.compile else self._net
+        # several ranks: the global batch bs is drawn on every rank, each runs the U-Net on its rows
+        world = distributed.world()
+        rows = distributed.shard_rows(bs) if world.active else None
+        if world.active and bs < world.world_size:
+            raise GeneratorError(f"generator.batch_size = {bs} is smaller than the {world.world_size} processes; "
+                                 "raise it (it is the global batch, shared out over the processes)")
+        train_unet = distributed.wrap(self.unet, dev)
+        with distributed.swapped(self, "unet", train_unet):  # torch.compile sees the DDP wrapper, if any
+            train_net = self._compiled_net() if cfg.compile else self._net
         self.unet.train()
         t_start, running, run_n = time.time(), 0.0, 0
-        bar = tqdm(total=total, initial=self.step, desc="diffusion", disable=not progress)
-        first_step, timer = self.step, runtime.StepTimer(exact=not decided)
+        bar = tqdm(total=total, initial=self.step, desc="diffusion", disable=not progress or not distributed.is_main())
+        first_step, timer = self.step, distributed.SharedStepTimer(exact=not decided)
 
         def spent() -> float:  # seconds of the budget used so far, by the budget's clock
             return spent_before + (timer.last - fit_start)
 
         while self.step < total:
-            if budget_s is not None and spent() >= budget_s:
+            if budget_s is not None and distributed.main_decides(spent() >= budget_s):
                 self._stop_at_deadline(total)  # the machine got slower than measured: the budget still holds
                 break
             if draw_weights is None:
@@ -194,15 +210,17 @@ class DiffusionGenerator(Generator):
                 x0 = data[v, idx].to(dev)
             drop = (torch.rand(bs, generator=gen) < cfg.cond_dropout).to(dev)
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = self.formulation.loss(train_net, x0, y, gen)
-            if not torch.isfinite(loss):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast), \
+                    distributed.swapped(self, "unet", train_unet):
+                loss = self.formulation.loss(train_net, x0, y, gen, **({} if rows is None else {"rows": rows}))
+            loss_value = distributed.sum_over_ranks(loss.item())  # the global batch's loss, on every rank
+            if not math.isfinite(loss_value):
                 raise GeneratorError(
-                    f"loss became {loss.item()} at step {self.step}; lower generator.lr (now {cfg.lr}) "
+                    f"loss became {loss_value} at step {self.step}; lower generator.lr (now {cfg.lr}) "
                     "or check the data for NaNs"
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * distributed.gradient_scale()).backward()  # DDP's mean over ranks -> the global gradient
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             lr_sched.step()
@@ -211,11 +229,14 @@ class DiffusionGenerator(Generator):
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1 - decay)
             self.step += 1
-            running += loss.item()
+            running += loss_value
             run_n += 1
             if timer.tick():
                 if not decided:
-                    total = self._choose_steps(timer, budget_s - spent())
+                    # rank 0's clock decides, so every rank runs the same number of steps
+                    total, self.history["budget"] = distributed.main_decides(
+                        (self._choose_steps(timer, budget_s - spent()), self.history["budget"])
+                        if distributed.is_main() else None)
                     warmup[0] = self.history["budget"]["warmup_steps"]
                     decided = True
                     bar.total = total
@@ -249,6 +270,7 @@ class DiffusionGenerator(Generator):
         self.history.update({
             "train_steps": self.step,
             "batch_size": bs,
+            "processes": world.world_size,  # bs is the global batch: bs / processes images per process
             "num_parameters": count_parameters(self.unet),
             "images_per_second": self.step * bs / max(self.history["train_seconds"], 1e-9),
             "device": dev,
@@ -334,10 +356,16 @@ class DiffusionGenerator(Generator):
         bs = batch_size or 256
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((len(labels), *self.model_shape), generator=gen)
-        out = []
+        out = {}
         self.ema.eval()
         t0 = time.time()
-        for i in tqdm(range(0, len(labels), bs), desc="sampling", disable=not progress, leave=False):
+        for i in tqdm(range(0, len(labels), bs), desc="sampling", disable=not progress or not distributed.is_main(),
+                      leave=False):
+            if not distributed.chunk_owner(i // bs):
+                continue  # another rank's chunk (several processes share the sampling)
+            # the sampler's own noise (ddpm) per chunk, from the seed and the chunk alone: the same images
+            # whatever the number of processes
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
             y = torch.from_numpy(labels[i : i + bs]).to(self.device)
             x = noise[i : i + bs].to(self.device)
             sch = self.sampling_scheduler(sampler)
@@ -356,7 +384,8 @@ class DiffusionGenerator(Generator):
                 x = sch.step(pred, t, x, generator=gen).prev_sample
             if self.autoencoder is not None:
                 x = self.autoencoder.decode(x)
-            out.append(x.float().cpu())
+            out[i // bs] = x.float().cpu()
+        out = distributed.gather_chunks(out, -(-len(labels) // bs))
         x = torch.cat(out) if out else torch.zeros((0, self.channels, self.image_size, self.image_size))
         seconds = time.time() - t0
         meta = {
@@ -428,7 +457,8 @@ class DiffusionGenerator(Generator):
         }
 
     def _save_checkpoint(self, path: Path) -> None:
-        atomic_torch_save(self._state(), path)
+        if distributed.is_main():  # every rank holds the same state; one writes it
+            atomic_torch_save(self._state(), path)
 
     def _load_state(self, state: dict) -> None:
         self.unet.load_state_dict(state["unet"])

@@ -44,15 +44,23 @@ class DDPMFormulation:
             clip_sample=False,
         )
 
-    def loss(self, net: Network, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def loss(self, net: Network, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+             rows: slice | None = None) -> torch.Tensor:
+        """The batch's loss. ``rows`` (distributed training): every random number is drawn for the
+        whole batch, the network runs on these rows only, and the result is their share of the batch
+        mean (their sum / the batch size), see :mod:`synthmed.distributed`."""
         cfg, dev = self.cfg, x0.device
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         t = torch.randint(0, cfg.num_train_timesteps, (len(x0),), generator=gen).to(dev)
+        n = len(x0)
+        if rows is not None:
+            x0, y, noise, t = x0[rows], y[rows], noise[rows], t[rows]
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = noise if cfg.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
         err = (net(xt, t, y).float() - target).pow(2).mean(dim=(1, 2, 3))
-        return (err * self.loss_weight(a.view(-1))).mean()
+        weighted = err * self.loss_weight(a.view(-1))
+        return weighted.mean() if rows is None else weighted.sum() / n
 
     def loss_weight(self, alpha_bar: torch.Tensor) -> torch.Tensor:
         """Per-sample weight; Min-SNR-gamma: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v."""
@@ -93,17 +101,23 @@ class EDMFormulation:
         c_in = 1 / (sigma**2 + sd**2).sqrt()
         return c_skip, c_out, c_in, 0.25 * sigma.log()
 
-    def loss(self, net: Network, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def loss(self, net: Network, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+             rows: slice | None = None) -> torch.Tensor:
+        """As :meth:`DDPMFormulation.loss` (``rows``: this rank's share of the batch)."""
         dev = x0.device
         sigma = (torch.randn(len(x0), generator=gen) * self.cfg.edm_p_std + self.cfg.edm_p_mean).exp().to(dev)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
+        n = len(x0)
+        if rows is not None:
+            x0, y, noise, sigma = x0[rows], y[rows], noise[rows], sigma[rows]
         s = sigma.view(-1, 1, 1, 1)
         x = x0 + s * noise
         c_skip, c_out, c_in, c_noise = self.scalings(s)
         # lambda(sigma) * ||D(x) - x0||^2 with D = c_skip x + c_out F equals ||F - (x0 - c_skip x) / c_out||^2,
         # since lambda = 1 / c_out^2: the network's target has unit variance at every sigma.
         target = (x0 - c_skip * x) / c_out
-        return (net(c_in * x, c_noise.view(-1), y).float() - target).pow(2).mean()
+        err = (net(c_in * x, c_noise.view(-1), y).float() - target).pow(2)
+        return err.mean() if rows is None else err.mean(dim=(1, 2, 3)).sum() / n
 
     def sampling_scheduler(self, sampler: str):
         from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler

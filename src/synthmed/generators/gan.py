@@ -29,8 +29,9 @@ import torch
 from tqdm.auto import tqdm
 
 import synthmed
-from synthmed import runtime
+from synthmed import distributed, runtime
 from synthmed.data.dataset import ImageDataset
+from synthmed.data.storage import training_images
 from synthmed.files import atomic_torch_save
 from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
 from synthmed.generators.monitor import FDMonitor
@@ -114,6 +115,33 @@ class GANGenerator(Generator):
 
     def _summary(self) -> str:
         return self.kind
+
+    # ------------------------------------------------------------------ several processes (distributed.py)
+    #: the losses :meth:`_train_step` returns as this rank's share of the batch mean, summed over ranks
+    rank_summed: tuple[str, ...] = ("loss",)
+    #: this rank's rows of the global batch while several ranks train (None: one process)
+    _rows: slice | None = None
+    _ddp: dict = {}
+    #: DistributedDataParallel options of the kind's networks (ProGAN: layers of the levels not grown yet are unused)
+    ddp_options: dict = {}
+
+    @property
+    def _train_G(self) -> torch.nn.Module:
+        """G for a forward whose backward trains G: its DDP wrapper while several ranks train."""
+        return self._ddp.get("G", self.G)
+
+    @property
+    def _train_D(self) -> torch.nn.Module:
+        """D for a forward whose backward trains D (the plain D elsewhere, e.g. in the G step)."""
+        return self._ddp.get("D", self.D)
+
+    def _rank_share(self, n: int) -> tuple[int, slice, float, int]:
+        """(global batch n, this rank's rows, the factor turning a mean over them into their share of
+        the batch mean, the gradient scale undoing DDP's mean over ranks); (n, all, 1, 1) in one process."""
+        if self._rows is None:
+            return n, slice(None), 1.0, 1
+        m = len(range(n)[self._rows])
+        return n, self._rows, distributed.local_share(m, n), distributed.gradient_scale()
 
     def _truncation(self) -> float | None:
         return None
@@ -209,10 +237,18 @@ class GANGenerator(Generator):
         counts, ckpt = self.begin_fit(train, checkpoint_dir, resume)
 
         cfg, dev = self.cfg, self.device
-        x, y = train.to_tensor()
+        x, y = training_images(train)  # a memory-mapped split is read lazily, batch by batch (data/storage.py)
         x, y = x.to(dev), y.to(dev)
         n = len(y)
         bs = min(cfg.batch_size, n)
+        world = distributed.world()
+        if world.active and bs < world.world_size:
+            raise GeneratorError(f"generator.batch_size = {bs} is smaller than the {world.world_size} processes; "
+                                 "raise it (it is the global batch, shared out over the processes)")
+        # several ranks: every rank draws the global batch, trains on its rows, DDP all-reduces the gradients
+        self._rows = distributed.shard_rows(bs) if world.active else None
+        self._ddp = ({k: distributed.wrap(net, dev, **self.ddp_options) for k, net in (("G", self.G), ("D", self.D))}
+                     if world.active else {})
         opts = self._make_optimizers()
         if self._opt_state is not None:
             for k, o in opts.items():
@@ -239,9 +275,9 @@ class GANGenerator(Generator):
         self.G.train()
         self.D.train()
         t_start, fit_start = time.time(), runtime.clock()
-        first_step, timer = self.step, runtime.StepTimer(exact=not decided)
+        first_step, timer = self.step, distributed.SharedStepTimer(exact=not decided)
         bar = tqdm(total=math.ceil(self._total_images() / bs), initial=self.step, desc=self.kind,
-                   disable=not progress)
+                   disable=not progress or not distributed.is_main())
         running: dict[str, float] = {}
         run_n = 0
         next_fd = self._next_fd_kimg()
@@ -250,7 +286,7 @@ class GANGenerator(Generator):
             return spent_before + (timer.last - fit_start)
 
         while self.images_shown < self._total_images():
-            if budget_s is not None and spent() >= budget_s:
+            if budget_s is not None and distributed.main_decides(spent() >= budget_s):
                 b = self._budget_record()
                 if b.get("stopped_at_step") is None:
                     warnings.warn(f"generator.budget_minutes = {cfg.budget_minutes:g}: the time is up at "
@@ -260,6 +296,7 @@ class GANGenerator(Generator):
             idx = torch.randint(0, n, (bs,), generator=gen)
             real, labels = x[idx], y[idx]
             losses = self._train_step(real, labels, gen, opts, self.kimg, self.total_kimg())
+            losses = distributed.sum_dict_over_ranks(losses, self.rank_summed)  # the global batch's losses
             if not all(math.isfinite(v) for v in losses.values()):
                 raise GeneratorError(f"a loss became {losses} at step {self.step}; lower the generator's learning "
                                      "rate or check the data for NaNs")
@@ -274,8 +311,10 @@ class GANGenerator(Generator):
             if timer.tick():
                 if not decided:
                     t_probe = runtime.clock()
-                    self._calibrate_step_costs(x, y, bs, opts)
-                    self._choose_scale(timer, budget_s - spent() - (runtime.clock() - t_probe), bs)
+                    self._calibrate_step_costs(x, y, bs, opts)  # every rank: its steps are collective
+                    if distributed.is_main():  # rank 0's clock decides, so every rank trains as long
+                        self._choose_scale(timer, budget_s - spent() - (runtime.clock() - t_probe), bs)
+                    self.history["budget"] = distributed.main_decides(self.history.get("budget"))
                     decided = True
                     bar.total = math.ceil(self._total_images() / bs)
                     bar.refresh()
@@ -301,8 +340,9 @@ class GANGenerator(Generator):
         self.G.eval()
         self.D.eval()
         self._best_net = None
+        self._rows, self._ddp = None, {}
         self.history.update({
-            "train_steps": self.step, "train_kimg": self.kimg, "batch_size": bs,
+            "train_steps": self.step, "train_kimg": self.kimg, "batch_size": bs, "processes": world.world_size,
             "num_parameters": self.num_parameters,
             "images_per_second": self.images_shown / max(self.history["train_seconds"], 1e-9),
             "device": dev, "precision": "float32",
@@ -382,13 +422,17 @@ class GANGenerator(Generator):
             z = z * psi
         net, growth = self._sampling_net()
         net.eval()
-        out = []
+        out = {}
         t0 = time.time()
-        for i in tqdm(range(0, len(labels), bs), desc="sampling", disable=not progress, leave=False):
+        for i in tqdm(range(0, len(labels), bs), desc="sampling", disable=not progress or not distributed.is_main(),
+                      leave=False):
+            if not distributed.chunk_owner(i // bs):
+                continue  # another rank's chunk (several processes share the sampling)
             yb = torch.from_numpy(labels[i:i + bs]).to(self.device)
-            out.append(self._generate(net, z[i:i + bs].to(self.device), yb, growth).float().cpu())
+            out[i // bs] = self._generate(net, z[i:i + bs].to(self.device), yb, growth).float().cpu()
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
+        out = distributed.gather_chunks(out, -(-len(labels) // bs))
         x = torch.cat(out) if out else torch.zeros((0, self.channels, self.image_size, self.image_size))
         seconds = time.time() - t0
         meta = {
@@ -439,7 +483,8 @@ class GANGenerator(Generator):
         }
 
     def _save_checkpoint(self, path: Path) -> None:
-        atomic_torch_save(self._state(), path)
+        if distributed.is_main():  # every rank holds the same state; one writes it
+            atomic_torch_save(self._state(), path)
 
     def _load_state(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])

@@ -270,35 +270,44 @@ class ProGANGenerator(GANGenerator):
     def _train_step(self, real, labels, gen, opts, progress_kimg, total_kimg):
         c = self.cfg
         level, alpha = growth_state(progress_kimg, self.levels, self._phase_kimg())
-        n = len(real)
-        flip_h = (torch.rand(n, generator=gen) < c.hflip).to(self.device).view(n, 1, 1, 1)
-        flip_v = (torch.rand(n, generator=gen) < c.vflip).to(self.device).view(n, 1, 1, 1)
+        # several ranks: real / labels are the global batch, this rank computes its rows (gan.py, distributed.py);
+        # minibatch stddev then groups images within a rank's rows (as one process only with mbstd_group 1)
+        n, rows, share, grad_scale = self._rank_share(len(real))
+        real, labels = real[rows], labels[rows]
+        m = len(real)
+        flip_h = (torch.rand(n, generator=gen) < c.hflip)[rows].to(self.device).view(m, 1, 1, 1)
+        flip_v = (torch.rand(n, generator=gen) < c.vflip)[rows].to(self.device).view(m, 1, 1, 1)
         real = torch.where(flip_h, real.flip(-1), real)
         real = torch.where(flip_v, real.flip(-2), real)
         real = self._real_at(real, level, alpha)
         # ---- critic: WGAN-GP + drift
-        z = torch.randn((n, c.latent_dim), generator=gen).to(self.device)
-        eps = torch.rand((n, 1, 1, 1), generator=gen).to(self.device)
+        z = torch.randn((n, c.latent_dim), generator=gen)[rows].to(self.device)
+        eps = torch.rand((n, 1, 1, 1), generator=gen)[rows].to(self.device)
         with torch.no_grad():
             fake = self.G(z, labels, level, alpha)
-        d_real = self.D(real, labels, level, alpha)
-        d_fake = self.D(fake, labels, level, alpha)
-        gp = wgan_gp_penalty(self.D, real, fake, labels, eps, level=level, alpha=alpha).mean()
-        wasserstein = d_fake.mean() - d_real.mean()
-        d_loss = wasserstein + c.gp_lambda * gp + c.drift * d_real.square().mean()
+        d_real = self._train_D(real, labels, level, alpha)
+        d_fake = self._train_D(fake, labels, level, alpha)
+        gp = wgan_gp_penalty(self._train_D, real, fake, labels, eps, level=level, alpha=alpha).mean() * share
+        wasserstein = (d_fake.mean() - d_real.mean()) * share
+        d_loss = wasserstein + c.gp_lambda * gp + c.drift * d_real.square().mean() * share
         opts["D"].zero_grad(set_to_none=True)
-        d_loss.backward()
+        (d_loss * grad_scale).backward()
         opts["D"].step()
         # ---- generator
-        z = torch.randn((n, c.latent_dim), generator=gen).to(self.device)
+        z = torch.randn((n, c.latent_dim), generator=gen)[rows].to(self.device)
         self.D.requires_grad_(False)
-        g_loss = -self.D(self.G(z, labels, level, alpha), labels, level, alpha).mean()
+        g_loss = -self.D(self._train_G(z, labels, level, alpha), labels, level, alpha).mean() * share
         opts["G"].zero_grad(set_to_none=True)
-        g_loss.backward()
+        (g_loss * grad_scale).backward()
         opts["G"].step()
         self.D.requires_grad_(True)
         return {"loss": d_loss.item(), "wasserstein_estimate": -wasserstein.item(), "gp": gp.item(),
                 "g_loss": g_loss.item(), "level": float(level), "alpha": alpha}
+
+    #: the losses _train_step returns as this rank's share, summed over ranks for the log
+    rank_summed = ("loss", "wasserstein_estimate", "gp", "g_loss")
+    #: the blocks of levels not yet grown (and the to-RGB layers of finished fade-ins) take no part in a step
+    ddp_options = {"find_unused_parameters": True}
 
     def describe(self) -> dict:
         d = super().describe()

@@ -196,35 +196,43 @@ class R3GANGenerator(GANGenerator):
         for o in opts.values():
             for group in o.param_groups:
                 group["lr"], group["betas"] = lr, (c.adam_beta1, beta2)
-        n = len(real)
         kinds = tuple(c.augmentations)
+        # several ranks: real / labels are the global batch, this rank computes its rows (gan.py, distributed.py)
+        n, rows, share, grad_scale = self._rank_share(len(real))
+        real, labels = real[rows], labels[rows]
+        m = len(real)
+        aug = {} if self._rows is None else {"rows": torch.cat([torch.arange(n)[rows], n + torch.arange(n)[rows]]),
+                                             "total": 2 * n}
         # ---- discriminator: relativistic pairing loss + gamma/2 (R1 + R2)
-        z = torch.randn((n, c.noise_dim), generator=gen).to(self.device)
+        z = torch.randn((n, c.noise_dim), generator=gen)[rows].to(self.device)
         with torch.no_grad():
             fake = self.G(z, labels)
         # real and generated images in one batch through D (one pass, one gradient for R1 and R2 both)
         both = torch.cat([real, fake]).detach().requires_grad_(True)
-        logits = self.D(augment(both, p, gen, kinds=kinds), torch.cat([labels, labels]))
-        d_real, d_fake = logits[:n], logits[n:]
-        adv = relativistic_d_loss(d_real, d_fake)
+        logits = self._train_D(augment(both, p, gen, kinds=kinds, **aug), torch.cat([labels, labels]))
+        d_real, d_fake = logits[:m], logits[m:]
+        adv = relativistic_d_loss(d_real, d_fake) * share
         penalty = zero_centred_penalty(logits, both)  # per image: R1 on the real half, R2 on the generated
-        r1, r2 = penalty[:n].mean(), penalty[n:].mean()
+        r1, r2 = penalty[:m].mean() * share, penalty[m:].mean() * share
         d_loss = adv + gamma / 2 * (r1 + r2)
         opts["D"].zero_grad(set_to_none=True)
-        d_loss.backward()
+        (d_loss * grad_scale).backward()
         opts["D"].step()
         # ---- generator: the same pairing the other way round
-        z = torch.randn((n, c.noise_dim), generator=gen).to(self.device)
+        z = torch.randn((n, c.noise_dim), generator=gen)[rows].to(self.device)
         self.D.requires_grad_(False)
-        fake = self.G(z, labels)
-        logits = self.D(augment(torch.cat([real, fake]), p, gen, kinds=kinds), torch.cat([labels, labels]))
-        g_loss = relativistic_g_loss(logits[:n], logits[n:])
+        fake = self._train_G(z, labels)
+        logits = self.D(augment(torch.cat([real, fake]), p, gen, kinds=kinds, **aug), torch.cat([labels, labels]))
+        g_loss = relativistic_g_loss(logits[:m], logits[m:]) * share
         opts["G"].zero_grad(set_to_none=True)
-        g_loss.backward()
+        (g_loss * grad_scale).backward()
         opts["G"].step()
         self.D.requires_grad_(True)
         return {"loss": d_loss.item(), "d_adversarial": adv.item(), "g_loss": g_loss.item(), "r1": r1.item(),
                 "r2": r2.item(), "gamma": gamma, "lr": lr, "aug_p": p}
+
+    #: the losses _train_step returns as this rank's share, summed over ranks for the log
+    rank_summed = ("loss", "d_adversarial", "g_loss", "r1", "r2")
 
     def _summary(self) -> str:
         c = self.cfg
