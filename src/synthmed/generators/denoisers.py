@@ -116,11 +116,14 @@ class ClassEmbedUNet(Denoiser):
 
 
 class CrossAttentionUNet(Denoiser):
-    """``UNet2DConditionModel`` attending to [class token, context tokens...].
+    """``UNet2DConditionModel`` attending to [class token, constant token, context tokens...].
 
     The class token is a row of ``table`` (projected to the cross-attention width when the table is
-    narrower, e.g. prototypes); ``context_dim``: width of the context tokens a condition may carry
-    (caption embeddings), projected to the cross-attention width; None: none accepted.
+    narrower, e.g. prototypes). The constant token is learned and the same for every image: with the
+    class token alone the attention softmax would have one entry, always 1, and the queries and keys
+    would never receive a gradient; with it the network can also attend away from the class.
+    ``context_dim``: width of the context tokens a condition may carry (caption embeddings),
+    projected to the cross-attention width; None: none accepted.
     """
 
     kind = "unet-cross-attention"
@@ -131,13 +134,15 @@ class CrossAttentionUNet(Denoiser):
         width = net.config.cross_attention_dim
         self.table = table
         self.class_proj = nn.Identity() if table.dim == width else nn.Linear(table.dim, width)
+        self.constant_token = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
         self.context_dim = context_dim
         self.context_proj = (None if context_dim is None else
                              nn.Identity() if context_dim == width else nn.Linear(context_dim, width))
         self.extra_arch = {"table": {"dim": table.dim, "frozen": table.frozen}, "context_dim": context_dim}
 
     def tokens(self, cond: Condition) -> torch.Tensor:
-        tokens = self.class_proj(self.table(cond.labels))[:, None, :]
+        cls = self.class_proj(self.table(cond.labels))[:, None, :]
+        tokens = torch.cat([cls, self.constant_token.expand(len(cls), 1, -1).to(cls)], dim=1)
         if cond.context is not None:
             if self.context_proj is None:
                 raise ValueError("this denoiser was built without context tokens (context_dim None); the condition "
