@@ -239,3 +239,27 @@ def test_learned_class_table_is_trained_and_the_frozen_one_refuses_nothing_else(
     f = ClassVectorTable(3, 4, frozen=True)
     with pytest.raises(ValueError, match="shape"):
         f.set_vectors(torch.zeros(2, 4))
+
+
+def test_run_with_prototype_conditioning_learns_prototypes_from_the_judges_features(tmp_path, monkeypatch):
+    import json
+
+    from synthmed.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    argv = ["run", "--out", str(tmp_path), "--name", "proto", "--quiet", "--threads", "1",
+            "--set", "data.embryo_per_class=[30,20,30]", "--image-size", "16",
+            "--set", "generator.conditioning=prototype", "--set", "generator.block_out_channels=[16,32]",
+            "--set", "generator.train_steps=6", "--set", "generator.batch_size=16", "--set", "generator.log_every=2",
+            "--set", "generator.sample_steps=3", "--set", "samples_per_class=4", "--set", "downstream.seeds=[0]",
+            "--set", "downstream.classifier.epochs=1", "--set", "evaluate.judge.epochs=1", "--set", "evaluate.n_boot=0"]
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "proto" / "generator" / "generator.json").read_text())
+    assert saved["config"]["conditioning"] == "prototype" and saved["config"]["class_embed_dim"] == 128
+    gen = load_generator(tmp_path / "proto" / "generator")
+    record = gen.describe()["prototypes"]
+    assert record["extractor"] == "domain" and record["per_class"] == 1 and record["dim"] == 128
+    n_train = json.loads((tmp_path / "proto" / "data.json").read_text())["train"]["num_images"]
+    assert sum(map(sum, record["assignments"])) == n_train == record["n_train"]
+    # the prototypes came from the same (cached) network that judges the run: one classifier trained
+    assert len(list((tmp_path / "cache" / "synthmed" / "domain").glob("*.pt"))) == 1
