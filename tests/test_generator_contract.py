@@ -26,6 +26,17 @@ TINY = {
     "diffusion-ddpm": (lambda steps: DiffusionConfig(formulation="ddpm", block_out_channels=[16, 16], lr=2e-3,
                                                     warmup_steps=2, batch_size=8, train_steps=steps, log_every=2,
                                                     sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
+    # the other denoisers behind the same call: a U-Net attending to the class token, a DiT (patch 2 on 8x8),
+    # and the U-Net with a learned class vector concatenated to the time embedding (the `improve` baseline)
+    "diffusion-crossattn": (lambda steps: DiffusionConfig(
+        denoiser="unet-cross-attention", cross_attention_dim=16, block_out_channels=[16, 16], lr=2e-3, warmup_steps=2,
+        batch_size=8, train_steps=steps, log_every=2, sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
+    "diffusion-dit": (lambda steps: DiffusionConfig(
+        denoiser="dit", dit_patch_size=2, dit_depth=2, dit_width=32, dit_heads=2, lr=2e-3, warmup_steps=2, batch_size=8,
+        train_steps=steps, log_every=2, sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
+    "diffusion-classvector": (lambda steps: DiffusionConfig(
+        class_embed_dim=8, block_out_channels=[16, 16], lr=2e-3, warmup_steps=2, batch_size=8, train_steps=steps,
+        log_every=2, sample_steps=3, checkpoint_every=steps // 2 or 1), "train_steps"),
     # latent space: a factor-2 autoencoder (8x8 -> 4x4x4 latents), trained once and cached per split
     "diffusion-latent": (lambda steps: DiffusionConfig(
         space="latent", block_out_channels=[16, 16], lr=2e-3, warmup_steps=2, batch_size=8, train_steps=steps,

@@ -87,12 +87,53 @@ class AutoencoderConfig:
 
 
 @dataclass
+class PrototypeConfig:
+    """Class prototypes for ``generator.conditioning: prototype`` (`improve`): convolutional prototype
+    learning (Yang et al. 2018) on image features, then frozen as the generator's class vectors
+    (docs/conditioning.md says why these defaults)."""
+
+    #: feature extractor of the image embeddings (synthmed.features registry): "domain" (a classifier trained
+    #: on the REAL training split, offline), or e.g. "torchscript:CLIP_IMAGE_ENCODER.pt" (a CLIP-style encoder)
+    extractor: str = "domain"
+    #: K: prototypes per class; the generator conditions on the one that holds most of its class's images
+    per_class: int = 1
+    #: gamma of p(x in m_ij) ~ exp(-gamma ||f(x) - m_ij||^2), on features scaled to mean squared norm 1
+    gamma: float = 10.0
+    #: lambda: weight of the prototype loss ||f(x) - nearest own-class prototype||^2 next to the DCE loss
+    weight: float = 0.1
+    #: optimisation of the prototypes (Adam, full batch of the training features)
+    steps: int = 300
+    lr: float = 0.05
+
+
+@dataclass
 class DiffusionConfig:
-    """Class-conditional diffusion on diffusers' UNet2DModel (pixel or latent space)."""
+    """Class-conditional diffusion on diffusers' denoisers (U-Net, cross-attention U-Net, DiT), pixel or latent."""
 
     #: generator kind (synthmed.generators.registry); each kind has its own config class
     kind: str = "diffusion"
     space: str = "pixel"  # "pixel" or "latent"
+    #: "unet" (class embedding joined to the time embedding), "unet-cross-attention" (the class as a token the
+    #: U-Net attends to; diffusers UNet2DConditionModel) or "dit" (diffusers DiTTransformer2DModel, adaLN-zero)
+    denoiser: str = "unet"
+    #: what the class vector is: "class" (a learned embedding of the label) or "prototype" (frozen class
+    #: prototypes learned on image features first, `improve`; see generator.prototypes)
+    conditioning: str = "class"
+    #: width of the class vector; None: unet adds diffusers' own class table to the time embedding, the
+    #: cross-attention U-Net uses cross_attention_dim, DiT its label tables. A width: a table of that width
+    #: (unet: concatenated with the time embedding, the `improve` baseline). prototype sets it from the features
+    class_embed_dim: int | None = None
+    #: unet-cross-attention only: width of the tokens it attends to
+    cross_attention_dim: int = 64
+    #: dit only: patch size (must divide the image or latent size), blocks, hidden width, attention heads
+    dit_patch_size: int = 2
+    dit_depth: int = 6
+    dit_width: int = 128
+    dit_heads: int = 4
+    #: local diffusers folder (a UNet2DModel / UNet2DConditionModel / DiTTransformer2DModel, or a pipeline
+    #: folder with unet/ or transformer/) to fine-tune; its config decides the denoiser's shapes
+    pretrained: str | None = None
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
     #: attention at the lowest resolution only (costly on CPU); False = pure convolution
@@ -618,10 +659,15 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
         "roi_multiple": Choice(("error", "largest")), "classes": Each(nonempty=True), "embryo_per_class": WIDTHS,
         "storage": Choice(("auto", "memory", "disk")), "in_memory_max_gb": POSITIVE,
     },
+    PrototypeConfig: {"per_class": AT_LEAST_1, "gamma": POSITIVE, "weight": AT_LEAST_0, "steps": AT_LEAST_1,
+                      "lr": POSITIVE},
     AutoencoderConfig: {"latent_channels": AT_LEAST_1, "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
                         "kl_weight": AT_LEAST_0, "lr": POSITIVE, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_0},
     DiffusionConfig: {
         "kind": Choice(("diffusion",)), "space": Choice(("pixel", "latent")), "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
+        "denoiser": Choice(("unet", "unet-cross-attention", "dit")), "conditioning": Choice(("class", "prototype")),
+        "class_embed_dim": AT_LEAST_1, "cross_attention_dim": AT_LEAST_1, "dit_patch_size": AT_LEAST_1,
+        "dit_depth": AT_LEAST_1, "dit_width": AT_LEAST_1, "dit_heads": AT_LEAST_1,
         "dropout": FRACTION, "num_train_timesteps": AT_LEAST_1, "schedule": Choice(("linear", "cosine")),
         "prediction_type": Choice(("epsilon", "v_prediction")), "formulation": Choice(("ddpm", "edm")),
         "loss_weighting": Choice(("uniform", "min_snr")), "min_snr_gamma": POSITIVE, "sigma_data": POSITIVE,
@@ -810,6 +856,11 @@ def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
     if g.sample_steps > g.num_train_timesteps:
         raise ConfigError(f"generator.sample_steps = {g.sample_steps}: must be at most generator.num_train_timesteps "
                           f"({g.num_train_timesteps})")
+    _check_denoiser(g)
+    if g.pretrained or g.denoiser == "dit":
+        if for_training and g.denoiser == "dit" and not g.pretrained:
+            _check_dit_sizes(g, data.image_size)
+        return  # a pretrained folder decides its own shapes (checked when it is loaded); a DiT has no U-Net levels
     down = 2 ** (len(g.block_out_channels) - 1)
     if for_training and g.space == "latent":
         _check_latent_sizes(g, data.image_size, down)
@@ -818,6 +869,34 @@ def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
             f"data.image_size = {data.image_size} is not divisible by {down} "
             f"(the U-Net halves the image {len(g.block_out_channels) - 1} times); pick a multiple of {down}"
         )
+
+
+def _check_denoiser(g: DiffusionConfig) -> None:
+    """The denoiser, conditioning and pretrained settings that only make sense together."""
+    if g.denoiser == "dit" and g.dit_width % g.dit_heads:
+        raise ConfigError(f"generator.dit_width = {g.dit_width} is not divisible by generator.dit_heads = {g.dit_heads}; "
+                          "pick a width that is a multiple of the heads (e.g. 128 with 4 heads)")
+    if g.pretrained and g.conditioning == "prototype" and g.denoiser != "unet-cross-attention":
+        raise ConfigError(f"generator.conditioning = prototype with generator.pretrained and denoiser {g.denoiser!r}: not "
+                          "supported (a pretrained U-Net or DiT keeps its own class table); use conditioning: class, or "
+                          "denoiser: unet-cross-attention")
+
+
+def _check_dit_sizes(g: DiffusionConfig, image_size: int) -> None:
+    """The DiT's patch must tile its input exactly: the image, or the latents in latent space."""
+    size, what = image_size, f"data.image_size {image_size}"
+    if g.space == "latent":
+        levels = _autoencoder_levels(g.autoencoder)
+        if levels is None:
+            return
+        factor = 2 ** (levels[0] - 1)
+        if image_size % factor:
+            raise ConfigError(f"data.image_size = {image_size} is not divisible by the autoencoder's factor {factor} "
+                              f"({levels[1]}); pick a multiple of {factor}")
+        size, what = image_size // factor, f"the {image_size // factor}x{image_size // factor} latents"
+    if size % g.dit_patch_size:
+        fits = [p for p in (1, 2, 4, 8) if size % p == 0]
+        raise ConfigError(f"generator.dit_patch_size = {g.dit_patch_size} does not divide {what}; choose one of {fits}")
 
 
 def _check_gan_sizes(g, image_size: int) -> None:

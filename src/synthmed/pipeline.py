@@ -19,6 +19,7 @@ import json
 import platform
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import synthmed
@@ -48,6 +49,8 @@ def prepare(cfg: RunConfig) -> tuple[Path, str]:
     from synthmed.features.registry import check_extractor_name
 
     check_extractor_name(cfg.evaluate.extractor)  # used only after training: a typo must stop the run now
+    if getattr(cfg.generator, "conditioning", "class") == "prototype":
+        check_extractor_name(cfg.generator.prototypes.extractor)
     out = run_dir(cfg)
     device = resolve_device(cfg.device)
     world = distributed.init(cfg.distributed, device)  # under torchrun: this process's rank
@@ -130,11 +133,54 @@ def place_splits(splits: DataSplits, data_cfg) -> DataSplits:
     return replace(splits, train=to_disk(splits.train), val=to_disk(splits.val), test=to_disk(splits.test))
 
 
+def learn_class_prototypes(cfg: RunConfig, train: ImageDataset, val: ImageDataset, device: str, *, seed: int,
+                           quiet: bool = False):
+    """`generator.conditioning: prototype` (`improve`): class prototypes learned on ``train``'s features
+    from ``generator.prototypes.extractor`` ("domain": the judge's classifier, trained on ``train`` and
+    early-stopped on ``val``, cached, so the run's judge is the same network). Returns the
+    :class:`~synthmed.features.prototypes.Prototypes` and the provenance the generator records."""
+    from synthmed.features import get_extractor
+    from synthmed.features.domain import DomainExtractor
+    from synthmed.features.prototypes import learn_prototypes
+
+    pc = cfg.generator.prototypes
+    t0 = time.time()
+    if pc.extractor == "domain":
+        extractor = DomainExtractor(train, val, cfg.evaluate.judge, cache_dir=None, seed=seed, device=device,
+                                    progress=not quiet)
+    else:
+        extractor = get_extractor(pc.extractor, device=device)
+    protos = learn_prototypes(extractor.extract(train), train.labels, train.num_classes, pc, seed=seed)
+    described = extractor.describe()
+    provenance = {"extractor": pc.extractor, "extractor_weights": described.get("weights_hash"),
+                  "train_fingerprint": train.fingerprint(), **protos.describe(), "seconds_with_extractor": time.time() - t0}
+    provenance.pop("loss_curve", None)
+    _log(f"prototypes: {pc.per_class} per class on {protos.vectors.shape[2]}-d {pc.extractor} features of "
+         f"{len(train)} real training images (gamma {pc.gamma:g}, lambda {pc.weight:g}); nearest-prototype accuracy "
+         f"on them {protos.history['train_nearest_prototype_accuracy']:.3f}", quiet)
+    return protos, provenance
+
+
+def new_generator(cfg: RunConfig, train: ImageDataset, val: ImageDataset, device: str, *, seed: int,
+                  quiet: bool = False) -> Generator:
+    """An untrained generator of ``cfg.generator`` for ``train``; under prototype conditioning its frozen
+    class vectors are learned first, on ``train`` only."""
+    gcfg = cfg.generator
+    protos = provenance = None
+    if getattr(gcfg, "conditioning", "class") == "prototype":
+        protos, provenance = learn_class_prototypes(cfg, train, val, device, seed=seed, quiet=quiet)
+        gcfg = replace(gcfg, class_embed_dim=int(protos.vectors.shape[2]))
+    gen = build_generator(gcfg, image_size=train.image_size, channels=train.channels, class_names=train.class_names,
+                          device=device, seed=seed)
+    if protos is not None:
+        gen.set_class_vectors(protos.class_vectors(), provenance)
+    return gen
+
+
 def step_train(cfg: RunConfig, out: Path, splits: DataSplits, device: str, *, resume: bool = True,
                quiet: bool = False) -> Generator:
     train = splits.train
-    gen = build_generator(cfg.generator, image_size=train.image_size, channels=train.channels,
-                          class_names=train.class_names, device=device, seed=cfg.seed)
+    gen = new_generator(cfg, train, splits.val, device, seed=cfg.seed, quiet=quiet)
     budget = getattr(cfg.generator, "budget_minutes", None)
     described = gen.describe()
     if described.get("training_plan"):  # kinds that count training otherwise (GANs: kimg) say it themselves
@@ -511,8 +557,7 @@ def step_downstream_experiment(cfg: RunConfig, out: Path, splits: DataSplits, de
         key = "shared" if d.reuse_generator else f"repeat{i}"
         if key not in shared:
             folder = exp_dir / "generators" / key
-            gen = build_generator(cfg.generator, image_size=source.image_size, channels=source.channels,
-                                  class_names=source.class_names, device=device, seed=cfg.seed + i)
+            gen = new_generator(cfg, source, splits.val, device, seed=cfg.seed + i, quiet=quiet)
             _log(f"downstream: training the generator for {key} on {len(source)} real images", quiet)
             gen.fit(source, splits.val, checkpoint_dir=folder, progress=not quiet)
             gen.save(folder)

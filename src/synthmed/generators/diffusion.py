@@ -1,7 +1,10 @@
 """Class-conditional diffusion in pixel or latent space, with classifier-free guidance.
 
-Built on diffusers: ``UNet2DModel`` (class embedding added to the timestep embedding),
-``DDPMScheduler`` for training noise, and DPM-Solver++ / DDIM / DDPM for sampling.
+Built on diffusers: a denoiser from ``denoisers.py`` (``UNet2DModel`` with the class embedding added
+to the timestep embedding by default; a cross-attention ``UNet2DConditionModel`` or a DiT by
+``generator.denoiser``), conditioned on a ``Condition`` (``conditioning.py``: the class label, as a
+learned embedding or a frozen prototype), ``DDPMScheduler`` for training noise, and DPM-Solver++ /
+DDIM / DDPM for sampling.
 
 Why it is fast on a CPU (measured in ``benchmarks/train_throughput.py``):
 - the training split is decoded once into one in-memory tensor (latents are encoded once,
@@ -31,14 +34,17 @@ from tqdm.auto import tqdm
 
 import synthmed
 from synthmed import distributed, runtime
-from synthmed.config import AutoencoderConfig, DiffusionConfig
+from synthmed.config import AutoencoderConfig, DiffusionConfig, PrototypeConfig
 from synthmed.data.dataset import ImageDataset
 from synthmed.data.storage import LazyImages, training_images
 from synthmed.generators.autoencoder import LatentAutoencoder
 from synthmed.files import atomic_torch_save
 from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
+from synthmed.generators.conditioning import Condition, as_condition
+from synthmed.generators.denoisers import (PretrainedError, build_denoiser, denoiser_from_arch, legacy_state_dict,
+                                           load_pretrained_denoiser)
 from synthmed.generators.formulation import build_formulation
-from synthmed.generators.networks import build_unet, count_parameters
+from synthmed.generators.networks import count_parameters
 from synthmed.runtime import bf16_supported
 
 
@@ -50,6 +56,7 @@ AUTOENCODER_BUDGET_SHARE = 1 / 3
 def _dict_to_cfg(d: dict) -> DiffusionConfig:
     d = dict(d)
     d["autoencoder"] = AutoencoderConfig(**d.get("autoencoder", {}))
+    d["prototypes"] = PrototypeConfig(**d.get("prototypes", {}))
     return DiffusionConfig(**d)
 
 
@@ -57,7 +64,9 @@ class DiffusionGenerator(Generator):
     kind = "diffusion"
 
     def __init__(self, cfg: DiffusionConfig, *, image_size: int, channels: int, class_names: list[str],
-                 device: str = "cpu", seed: int = 0):
+                 device: str = "cpu", seed: int = 0, denoiser_arch: dict | None = None):
+        """``denoiser_arch``: the architecture a checkpoint recorded (``load`` passes it), so a saved
+        generator rebuilds without the pretrained folder it may have come from."""
         self._set_identity(cfg, image_size=image_size, channels=channels, class_names=class_names, device=device,
                            seed=seed)
         self.autoencoder: LatentAutoencoder | None = None
@@ -69,7 +78,10 @@ class DiffusionGenerator(Generator):
         else:
             self.model_shape = (channels, image_size, image_size)
         torch.manual_seed(seed)
-        self.unet = build_unet(cfg, self.model_shape[1], self.model_shape[0], self.num_classes).to(device)
+        #: provenance of the pretrained weights this generator was fine-tuned from (None: trained from scratch)
+        self.pretrained: dict | None = None
+        #: the denoiser (any kind in denoisers.py; the attribute keeps its historical name)
+        self.unet = self._build_denoiser(denoiser_arch).to(device)
         self.formulation = build_formulation(cfg, device)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
         self.step = 0
@@ -87,12 +99,37 @@ class DiffusionGenerator(Generator):
             raise GeneratorError(f"unknown sampler '{sampler}'; choose dpmsolver++, ddim or ddpm")
         return self.formulation.sampling_scheduler(sampler)
 
-    def _net(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, class_labels=y).sample
+    def _build_denoiser(self, arch: dict | None):
+        cfg, (c, s, _) = self.cfg, self.model_shape
+        try:
+            if arch is not None:
+                return denoiser_from_arch(arch)
+            if cfg.pretrained:
+                net, self.pretrained = load_pretrained_denoiser(cfg, s, c, self.num_classes)
+                return net
+            return build_denoiser(cfg, s, c, self.num_classes)
+        except PretrainedError:
+            raise
+        except ValueError as e:  # a setting the denoiser cannot be built with: a one-line user error
+            raise GeneratorError(str(e)) from None
+
+    def set_class_vectors(self, vectors, provenance: dict | None = None) -> None:
+        """Freeze ``vectors`` (num_classes, class_embed_dim) as the class vectors of a
+        ``conditioning: prototype`` generator (the null class stays the zero vector); ``provenance``
+        (how they were learned) goes into the history and the checkpoint."""
+        table = getattr(self.unet, "table", None)
+        if table is None or not table.frozen:
+            raise GeneratorError("set_class_vectors() needs generator.conditioning = prototype")
+        for net in (self.unet, self.ema):
+            net.table.set_vectors(torch.as_tensor(vectors, dtype=torch.float32))
+        self.history["prototypes"] = provenance or {}
+
+    def _net(self, x: torch.Tensor, t: torch.Tensor, y) -> torch.Tensor:
+        return self.unet(x, t, as_condition(y))
 
     def _compiled_net(self):
         compiled = torch.compile(self.unet)  # shares the parameters: optimiser, EMA and checkpoints are unchanged
-        return lambda x, t, y: compiled(x, t, class_labels=y).sample
+        return lambda x, t, y: compiled(x, t, as_condition(y))
 
     # ------------------------------------------------------------------ training
     def _training_tensors(self, train: ImageDataset, val: ImageDataset | None, progress: bool):
@@ -133,6 +170,11 @@ class DiffusionGenerator(Generator):
 
     def fit(self, train: ImageDataset, val: ImageDataset | None = None, *, resume: bool = True,
             checkpoint_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+        table = getattr(self.unet, "table", None)
+        if table is not None and table.frozen and not bool(table.is_set):
+            raise GeneratorError("generator.conditioning = prototype: the class prototypes are not set; `synthmed run` "
+                                 "and `synthmed train` learn them first (synthmed.features.prototypes), or call "
+                                 "set_class_vectors()")
         counts, ckpt = self.begin_fit(train, checkpoint_dir, resume)
 
         cfg, dev = self.cfg, self.device
@@ -371,16 +413,18 @@ class DiffusionGenerator(Generator):
             sch = self.sampling_scheduler(sampler)
             sch.set_timesteps(steps)
             x = x * sch.init_noise_sigma
-            null = torch.full_like(y, self.num_classes)
+            cond = Condition(labels=y)
+            # guidance's unconditional half: each part of the condition replaced by its own null
+            both_cond = Condition.cat([cond, cond.null_like(self.num_classes)])
             for t in sch.timesteps:
                 xin = sch.scale_model_input(x, t)
                 tt = t.to(self.device).expand(len(y)) if torch.is_tensor(t) else torch.full((len(y),), int(t), device=self.device)
                 if w == 1.0:
-                    pred = self.ema(xin, tt, class_labels=y).sample
+                    pred = self.ema(xin, tt, cond)
                 else:
-                    both = self.ema(torch.cat([xin, xin]), torch.cat([tt, tt]), class_labels=torch.cat([y, null])).sample
-                    cond, uncond = both.chunk(2)
-                    pred = uncond + w * (cond - uncond)
+                    both = self.ema(torch.cat([xin, xin]), torch.cat([tt, tt]), both_cond)
+                    cond_pred, uncond = both.chunk(2)
+                    pred = uncond + w * (cond_pred - uncond)
                 x = sch.step(pred, t, x, generator=gen).prev_sample
             if self.autoencoder is not None:
                 x = self.autoencoder.decode(x)
@@ -423,10 +467,22 @@ class DiffusionGenerator(Generator):
         objective = (f"EDM preconditioning (sigma_data {self.formulation.sigma_data})" if c.formulation == "edm" else
                      f"DDPM {c.prediction_type} ({c.schedule} schedule, {c.loss_weighting} loss weighting)")
         h = self.history
+        net = self.unet
+        if net.kind == "dit":
+            nc = net.net.config
+            network = (f"diffusers DiTTransformer2DModel, patch {nc.patch_size}, depth {nc.num_layers}, width "
+                       f"{nc.num_attention_heads * nc.attention_head_dim}")
+        else:
+            network = (f"diffusers {type(net.net).__name__} {list(net.net.config.block_out_channels)}"
+                       f"{', class via cross-attention' if net.kind == 'unet-cross-attention' else ''}")
+        conditioning = ("frozen class prototypes" if c.conditioning == "prototype" else "class embedding")
         return {
             "kind": self.kind,
-            "summary": f"class-conditional {c.space}-space diffusion (diffusers UNet2DModel {c.block_out_channels}), "
-                       f"{objective}, classifier-free guidance",
+            "summary": f"class-conditional {c.space}-space diffusion ({network}; {conditioning}), "
+                       f"{objective}, classifier-free guidance"
+                       f"{', fine-tuned from ' + self.pretrained['model_class'] if self.pretrained else ''}",
+            "denoiser": net.kind, "conditioning": c.conditioning, "pretrained": self.pretrained,
+            "prototypes": h.get("prototypes"),
             "num_parameters": self.num_parameters, "settings": asdict(c), "sampling": self.sampling_defaults,
             "train_fingerprint": self.train_fingerprint, "train_steps": self.step,
             "train_seconds": h.get("train_seconds"), "images_per_second": h.get("images_per_second"),
@@ -447,6 +503,8 @@ class DiffusionGenerator(Generator):
             "step": self.step,
             "unet": self.unet.state_dict(),
             "ema": self.ema.state_dict(),
+            "denoiser_arch": self.unet.arch,
+            "pretrained": self.pretrained,
             "optimizer": self._opt_state,
             "lr_scheduler": self._sched_state,
             "rng": self._rng_state,
@@ -461,8 +519,9 @@ class DiffusionGenerator(Generator):
             atomic_torch_save(self._state(), path)
 
     def _load_state(self, state: dict) -> None:
-        self.unet.load_state_dict(state["unet"])
-        self.ema.load_state_dict(state["ema"])
+        self.unet.load_state_dict(legacy_state_dict(state["unet"]))
+        self.ema.load_state_dict(legacy_state_dict(state["ema"]))
+        self.pretrained = state.get("pretrained", self.pretrained)
         self.step = state["step"]
         self._opt_state, self._sched_state, self._rng_state = state["optimizer"], state["lr_scheduler"], state["rng"]
         self.history = state["history"]
@@ -487,7 +546,8 @@ class DiffusionGenerator(Generator):
     def load(cls, directory: str | os.PathLike, device: str | None = None) -> "DiffusionGenerator":
         state = cls.read_checkpoint(directory, device)
         g = cls(_dict_to_cfg(state["config"]), image_size=state["image_size"], channels=state["channels"],
-                class_names=state["class_names"], device=device or "cpu", seed=state["seed"])
+                class_names=state["class_names"], device=device or "cpu", seed=state["seed"],
+                denoiser_arch=state.get("denoiser_arch"))
         g._load_state(state)
         return g
 
