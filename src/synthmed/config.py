@@ -397,8 +397,9 @@ class SegmentationConfig:
     """Small U-Net segmenter trained on real masks: the segmentation downstream check (renal-ldm ratio
     sweep) and the segmenter that caption accuracy reads synthetic images with."""
 
-    #: channels per U-Net level (each level halves the resolution)
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    #: channels per U-Net level (each level halves the resolution); [8, 16, 32]: 0.11 s per step of 32
+    #: images at 32 px on one CPU thread ([16, 32, 64]: 0.23 s)
+    widths: list[int] = field(default_factory=lambda: [8, 16, 32])
     lr: float = 1e-3
     batch_size: int = 32
     #: optimizer steps whatever the training-set size (every ratio gets the same budget)
