@@ -217,3 +217,15 @@ def test_mask_config_is_checked_once():
         load_config(overrides={"data": {"masks": {"colours": ["red"]}}})
     with pytest.raises(ConfigError, match="data.masks.values"):
         load_config(overrides={"data": {"masks": {"values": [0]}}})
+
+
+def test_exported_sets_keep_masks_and_captions(tmp_path):
+    from synthmed.data.export import load_image_set, save_image_set
+
+    ds = _toy(captions=True)
+    ds.synthetic = True
+    back = load_image_set(save_image_set(ds, tmp_path / "s", png=False))
+    assert np.array_equal(back.masks, ds.masks) and back.mask_class_names == ["x", "y"]
+    assert back.captions == ds.captions and back.fingerprint() == ds.fingerprint()
+    plain = load_image_set(save_image_set(_toy(masks=False), tmp_path / "p", png=False))
+    assert plain.masks is None and plain.captions is None
