@@ -44,7 +44,8 @@ from synthmed.features.domain import DomainExtractor
 from synthmed.files import atomic_write_text
 from synthmed.generators.registry import build_generator, load_generator
 from synthmed.metrics.conditional_accuracy import conditional_accuracy
-from synthmed.metrics.evaluate import evaluate
+from synthmed.metrics.evaluate import evaluate, real_fd_floor
+real_floor = real_fd_floor  # one implementation (synthmed.metrics.evaluate); gan_compare imports it from here
 from synthmed.metrics.memorisation import memorisation_audit
 from synthmed.pipeline import step_downstream_experiment
 from synthmed.runtime import resolve_device, set_threads
@@ -79,17 +80,6 @@ def with_steps(cfg, steps: int):
     cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, train_steps=steps))
     validate(cfg)
     return cfg
-
-
-def real_floor(extractor, val, test, counts, seed=0) -> dict:
-    """FD of real validation images drawn at the synthetic set's class counts against the test split:
-    what a generator indistinguishable from real data would score at this N."""
-    rng = np.random.default_rng(seed)
-    idx = np.concatenate([rng.choice(np.flatnonzero(val.labels == c), min(n, int((val.labels == c).sum())),
-                                     replace=False) for c, n in enumerate(counts)])
-    ev = evaluate(test, val.subset(idx, name="real val (floor)"), extractor, metrics=("fid",), per_class=False,
-                  n_boot=0, allow_real_as_synthetic=True)
-    return {"fd": ev["rows"][0]["metrics"]["fid"]["value"], "n": int(len(idx))}
 
 
 def score_generator(gen, train, splits, judge, n_per_class: int, seed: int, guidance: float | None = None) -> dict:

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from synthmed.config import CaptionConfig
+
 from .dataset import DataError, ImageDataset
 
 LEVELS = ("low", "medium", "high")
@@ -38,13 +40,14 @@ class CaptionRules:
     """What a caption says and how; built from :class:`synthmed.config.CaptionConfig`."""
 
     class_names: tuple[str, ...]  # names of mask values 1..M as the sentences say them
-    opening: str = "This image shows a cleavage-stage embryo."
-    low_sentence: str = "The image shows a low amount of {name}."
-    medium_sentence: str = "The prevalence of {name} is medium."
-    high_sentence: str = "There is a lot of {name} visible in the image."
-    low_below: float = 0.2
-    high_above: float = 0.4
-    min_pixels: int = 1
+    # defaults are the config's (one place): CaptionConfig's class attributes hold them
+    opening: str = CaptionConfig.opening
+    low_sentence: str = CaptionConfig.low_sentence
+    medium_sentence: str = CaptionConfig.medium_sentence
+    high_sentence: str = CaptionConfig.high_sentence
+    low_below: float = CaptionConfig.low_below
+    high_above: float = CaptionConfig.high_above
+    min_pixels: int = CaptionConfig.min_pixels
 
     @staticmethod
     def from_config(cfg, mask_class_names: Sequence[str]) -> "CaptionRules":
