@@ -45,7 +45,6 @@ from synthmed.files import atomic_write_text
 from synthmed.generators.registry import build_generator, load_generator
 from synthmed.metrics.conditional_accuracy import conditional_accuracy
 from synthmed.metrics.evaluate import evaluate, real_fd_floor
-real_floor = real_fd_floor  # one implementation (synthmed.metrics.evaluate); gan_compare imports it from here
 from synthmed.metrics.memorisation import memorisation_audit
 from synthmed.pipeline import step_downstream_experiment
 from synthmed.runtime import resolve_device, set_threads
@@ -58,6 +57,8 @@ JUDGE_SEED = 1234
 TARGETS = {"full": "conditional accuracy >= 0.85 and FD ratio <= 3 with <= 30 min of generator training (2 CPU cores)",
            "50": "best synthetic protocol beats the best real-only protocol by >= 0.02 balanced accuracy, paired CI > 0",
            "200": "best synthetic protocol not below the best real-only protocol"}
+
+real_floor = real_fd_floor  # one implementation (synthmed.metrics.evaluate); gan_compare imports it from here
 
 
 def study_config(args):
