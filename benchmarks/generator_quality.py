@@ -51,6 +51,8 @@ from synthmed.runtime import resolve_device, set_threads
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
 PROTOCOLS = ["baseline", "traditional", "mix", "mix-traditional"]
+#: protocols that use no synthetic image: the bar every synthetic protocol is measured against
+REAL_ONLY = ("baseline", "traditional")
 #: the independent judge: never used for selection or tuning, only to score
 JUDGE = ClassifierConfig(arch="smallcnn", widths=[32, 64, 128], steps=2000, eval_every=200, patience=4)
 JUDGE_SEED = 1234
@@ -73,7 +75,7 @@ def study_config(args):
     set_dotted(overrides, "downstream.classifier", json.dumps(
         {"arch": "smallcnn", "widths": [16, 32, 64], "steps": args.steps, "eval_every": 100, "patience": 3}))
     set_dotted(overrides, "downstream.seeds", "[0, 1, 2]")
-    set_dotted(overrides, "downstream.synthetic_ratio", "1.0")
+    set_dotted(overrides, "downstream.synthetic_ratio", str(args.synthetic_ratio))
     return load_config(preset=args.preset, overrides=overrides)
 
 
@@ -143,7 +145,7 @@ def part_full(args, cfg, splits, judge, device) -> dict:
 
 def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
     cfg = with_steps(cfg, args.subset_steps)
-    cfg = dataclasses.replace(cfg, downstream=dataclasses.replace(cfg.downstream, protocols=list(PROTOCOLS)))
+    cfg = dataclasses.replace(cfg, downstream=dataclasses.replace(cfg.downstream, protocols=args.protocols.split(",")))
     validate(cfg)
     subsets = disjoint_subsets(splits.train, 3, n_per_class=size, seed=0)
     repeats = [(f"n{size}_subset{i}", sub, i) for i, sub in enumerate(subsets)]
@@ -210,8 +212,8 @@ def verdicts(results: dict) -> dict:
         if not p:
             continue
         rows = {r["protocol"]: r for r in p["downstream"]}
-        real_best = max(("baseline", "traditional"), key=lambda k: rows[k]["mean"])
-        syn_best = max(("mix", "mix-traditional"), key=lambda k: rows[k]["mean"])
+        real_best = max((k for k in REAL_ONLY if k in rows), key=lambda k: rows[k]["mean"])
+        syn_best = max((k for k in rows if k not in REAL_ONLY), key=lambda k: rows[k]["mean"])
         gap = rows[syn_best]["mean"] - rows[real_best]["mean"]
         vs = rows[syn_best].get("vs_" + real_best) or (rows[syn_best].get("vs_baseline") if real_best == "baseline"
                                                        else None)
@@ -278,6 +280,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500, help="optimizer steps of every downstream classifier")
     ap.add_argument("--samples-per-class", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS),
+                    help="downstream protocols of the subset parts (comma list; baseline and traditional needed)")
+    ap.add_argument("--synthetic-ratio", type=float, default=1.0,
+                    help="synthetic images added per real training image in the mixing protocols")
     ap.add_argument("--guidance-sweep", default="", metavar="W1,W2,...",
                     help="only rescore the generators already trained for --only at these guidance scales")
     ap.add_argument("--device", default="auto")
