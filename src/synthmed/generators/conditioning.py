@@ -41,6 +41,11 @@ class Condition:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitem__(self, rows) -> "Condition":
+        """The conditions of some rows (a rank's share of the batch under distributed training)."""
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return replace(self, labels=self.labels[rows], context=pick(self.context), mask=pick(self.mask))
+
     def null_like(self, null_label: int) -> "Condition":
         """The same batch with every part replaced by its null: guidance's unconditional branch."""
         return self.drop(torch.ones(len(self), dtype=torch.bool, device=self.labels.device), null_label)

