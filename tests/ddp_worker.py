@@ -125,6 +125,38 @@ def task_latent() -> dict:
                         **weights(gen)}}
 
 
+def task_features() -> dict:
+    """Features of 11 images in batches of 3 (4 batches): under a process group each rank computes its
+    share of the batches (synthmed.features.base), every rank receives them all."""
+    import numpy as np
+
+    from synthmed.features.base import FeatureExtractor
+
+    class Tiny(FeatureExtractor):
+        name, dim = "tiny-conv", 6
+
+        def __init__(self):
+            self.conv = torch.nn.Conv2d(1, 6, 3).eval()
+            torch.nn.init.normal_(self.conv.weight, generator=torch.Generator().manual_seed(3))
+            self.batches: list[int] = []
+
+        def _extract_batch(self, images):
+            self.batches.append(len(images))
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+            with torch.no_grad():
+                return self.conv(x).mean(dim=(2, 3)).double().numpy()
+
+    ex = Tiny()
+    feats = ex.extract(toy([4, 3, 4], seed=4), batch_size=3)
+    computed = [ex.batches]
+    if distributed.world().active:
+        import torch.distributed as dist
+
+        computed = [None] * distributed.world().world_size
+        dist.all_gather_object(computed, ex.batches)
+    return {"features": torch.from_numpy(feats), "batches_per_rank": computed}
+
+
 def task_resume(kind: str, out: Path, steps: int, kill_at: int | None) -> dict:
     """Train ``steps`` steps with checkpoints in ``out/ckpt``; ``kill_at``: this process dies (os._exit)
     right after the checkpoint of that step is written, as a killed job would."""
@@ -150,6 +182,8 @@ def run_task(task: str, out: Path) -> dict:
         result = task_sample(task.split(":")[1])
     elif task.startswith("classifier"):  # classifier (no BatchNorm) or classifier-bn
         result = task_classifier(batchnorm=task.endswith("-bn"))
+    elif task == "features":
+        result = task_features()
     elif task == "train-latent":
         result = task_latent()
     elif task.startswith("resume:"):

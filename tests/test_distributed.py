@@ -128,7 +128,7 @@ def assert_close_gradients(a: dict, b: dict, rtol: float) -> None:
 
 
 EQUIVALENCE_TASKS = ["train:diffusion:3", "train:r3gan:1", "train:progan:3", "classifier", "classifier-bn",
-                     "train-latent", "sample:diffusion-ddpm", "sample:r3gan"]
+                     "train-latent", "sample:diffusion-ddpm", "sample:r3gan", "features"]
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,16 @@ def test_sharded_sampling_gives_the_images_of_one_process(two_processes, tmp_pat
     # the stochastic ddpm sampler too: its per-step noise belongs to the chunk, not to the rank
     assert torch.equal(single["labels"], multi["labels"])
     assert torch.equal(single["images"], multi["images"])
+
+
+@pytest.mark.slow
+def test_sharded_feature_extraction_gives_the_features_of_one_process(two_processes, tmp_path):
+    multi, single = two_processes["features"], one_process("features", tmp_path)
+    assert single["features"].shape == (11, 6)
+    assert torch.equal(single["features"], multi["features"])  # the same batches, gathered in order
+    # each rank computed only its share: batches 0 and 2 on rank 0, 1 and 3 on rank 1
+    assert single["batches_per_rank"] == [[3, 3, 3, 2]]
+    assert multi["batches_per_rank"] == [[3, 3], [3, 2]]
 
 
 @pytest.mark.slow

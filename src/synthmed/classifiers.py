@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from synthmed import distributed, runtime
 from synthmed.config import ClassifierConfig
 from synthmed.data.dataset import ImageDataset
-from synthmed.data.storage import training_images
+from synthmed.data.storage import batches_of, training_images
 
 log = logging.getLogger(__name__)
 
@@ -396,10 +396,14 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
             if cfg.steps is not None:
                 round_steps = min(cfg.eval_every, cfg.steps - step)
             loss_sum, seen = 0.0, 0
-            for idx in (next(batches) for _ in range(round_steps)) if round_steps else _one_epoch(n, bs, gen):
+            if round_steps:  # a step budget: the next epoch's order is drawn when the stream reaches it
+                pairs = ((idx, x_tr[idx]) for idx in (next(batches) for _ in range(round_steps)))
+            else:  # an epoch's shuffled order is drawn at its start: a DataLoader may read its batches ahead
+                pairs = batches_of(x_tr, list(_one_epoch(n, bs, gen)))
+            for idx, xb in pairs:
                 if world.active and len(idx) < world.world_size:
                     continue  # a trailing batch too small to give every rank an image
-                xb, yb = x_tr[idx], y_tr[idx]
+                yb = y_tr[idx]
                 if ops:
                     xb = augment_batch(xb, gen, ops, cfg.jitter)
                 if world.active:

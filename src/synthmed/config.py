@@ -79,6 +79,10 @@ class DataConfig:
     #: or "auto": disk once the splits' float32 tensors would exceed in_memory_max_gb
     storage: str = "auto"
     in_memory_max_gb: float = 8.0
+    #: splits on disk only: torch DataLoader worker processes that read and convert the training batches
+    #: from the memory-mapped cache; 0 reads them in the training process (the OS page cache reads ahead;
+    #: workers pay off when the file is on a slow or network disk, not when it is in the page cache)
+    loader_workers: int = 0
     #: CSV manifest columns of the user's own that synthmed keeps out of its way (any other unknown
     #: column is an error: a typo such as ``patientid`` would otherwise silently give an image-level split)
     extra_columns: list[str] = field(default_factory=list)
@@ -746,6 +750,7 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
         "imbalance_ratio": Range(0, 1, lo_open=True), "cross_split_duplicates": Choice(("drop", "error", "keep")),
         "roi_multiple": Choice(("error", "largest")), "classes": Each(nonempty=True), "embryo_per_class": WIDTHS,
         "storage": Choice(("auto", "memory", "disk")), "in_memory_max_gb": POSITIVE,
+        "loader_workers": AT_LEAST_0,
     },
     PrototypeConfig: {"per_class": AT_LEAST_1, "gamma": POSITIVE, "weight": AT_LEAST_0, "steps": AT_LEAST_1,
                       "lr": POSITIVE},

@@ -146,12 +146,17 @@ def place_splits(splits: DataSplits, data_cfg) -> DataSplits:
     ``data.in_memory_max_gb`` under "auto"); the same images, fingerprints and hashes either way."""
     from dataclasses import replace
 
-    from synthmed.data.storage import choose_storage, split_bytes, to_disk
+    from synthmed.data.storage import choose_storage, split_bytes, to_disk, to_memory
 
-    total = sum(split_bytes(s) for s in (splits.train, splits.val, splits.test))
+    parts = (splits.train, splits.val, splits.test)
+    total = sum(split_bytes(s) for s in parts)
     if choose_storage(total, data_cfg.storage, data_cfg.in_memory_max_gb) == "memory":
-        return splits
-    return replace(splits, train=to_disk(splits.train), val=to_disk(splits.val), test=to_disk(splits.test))
+        mem = [to_memory(s) for s in parts]  # decoded to disk as a whole set, the splits left fit: into memory
+        return splits if all(m is s for m, s in zip(mem, parts)) else replace(splits, train=mem[0], val=mem[1],
+                                                                               test=mem[2])
+    workers = data_cfg.loader_workers
+    return replace(splits, train=to_disk(splits.train, loader_workers=workers),
+                   val=to_disk(splits.val, loader_workers=workers), test=to_disk(splits.test, loader_workers=workers))
 
 
 def learn_class_prototypes(cfg: RunConfig, train: ImageDataset, val: ImageDataset, device: str, *, seed: int,

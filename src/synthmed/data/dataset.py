@@ -122,17 +122,21 @@ class ImageDataset:
         return np.bincount(self.labels, minlength=self.num_classes).tolist()
 
     def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> "ImageDataset":
+        """The images ``indices`` (in that order); a subset of a memory-mapped set is memory-mapped too,
+        copied chunk by chunk (data/storage.py), so it never holds the subset in memory."""
+        from .storage import take_rows
+
         idx = np.asarray(indices, dtype=np.int64)
         return replace(
             self,
-            images=self.images[idx],
+            images=take_rows(self.images, idx),
             labels=self.labels[idx],
             patient_ids=None if self.patient_ids is None else self.patient_ids[idx],
             masks=None if self.masks is None else self.masks[idx],
             captions=None if self.captions is None else [self.captions[i] for i in idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             name=name or self.name,
-            meta=dict(self.meta),
+            meta={k: v for k, v in self.meta.items() if k != "storage"},  # not the parent's cache file
         )
 
     def fingerprint(self) -> str:

@@ -26,6 +26,7 @@ from .dataset import DataError, DataSplits, ImageDataset, concat
 from .masks import MaskSpec, read_mask
 from .roi import apply_auto_crop, crop_box, make_roi_fn, resize_square
 from .splits import make_imbalanced, per_class_subset, split_dataset
+from .storage import decode_buffer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 GREY_MODES = {"1", "L", "LA", "La", "I", "F"}  # plus every "I;16..." variant
@@ -113,12 +114,16 @@ class _Item:
 
 
 def _load_items(items: list[_Item], class_names: list[str], *, name: str, source: str, image_size, channels,
-                resize_policy: str, roi_fn, meta: dict, mask_spec: MaskSpec | None = None) -> ImageDataset:
+                resize_policy: str, roi_fn, meta: dict, mask_spec: MaskSpec | None = None,
+                buffer=None) -> ImageDataset:
+    """Decode ``items`` one by one into one (N, H, W, C) array. ``buffer(shape)`` makes that array
+    once the first image fixes H, W and C (default: in memory); :func:`synthmed.data.storage.decode_buffer`
+    gives a memory-mapped one under ``data.storage: disk``, so decoding holds one image, not the set."""
     if resize_policy not in ("resize", "error"):
         raise DataError(f"resize_policy = {resize_policy!r}; use 'resize' or 'error'")
     if channels not in (None, 1, 3):
         raise DataError(f"channels = {channels!r}; use 1 (grey), 3 (RGB) or None (keep)")
-    images, masks = [], []
+    images, masks = None, []
     first: tuple[np.ndarray, Path] | None = None  # first image (after ROI), for size/channel messages
     seen: dict[str, str] = {}
     duplicates: list[list[str]] = []
@@ -161,7 +166,13 @@ def _load_items(items: list[_Item], class_names: list[str], *, name: str, source
         if image_size is not None:
             img = resize_square(img, image_size)
             mask = None if mask is None else resize_square(mask, image_size, nearest=True)
-        images.append(img)
+        if images is None:
+            images = (buffer or _in_memory)((len(items), *img.shape))
+        if img.shape != images.shape[1:]:
+            raise DataError(f"{it.path} is {img.shape[1]}x{img.shape[0]}x{img.shape[2]} after resizing, the first "
+                            f"image {first[1]} is {images.shape[2]}x{images.shape[1]}x{images.shape[3]}; set "
+                            "data.image_size and data.channels so every image is brought to one shape")
+        images[len(masks)] = img
         masks.append(mask)
     if duplicates:
         warnings.warn(
@@ -187,8 +198,10 @@ def _load_items(items: list[_Item], class_names: list[str], *, name: str, source
                 "the full frame (listed in meta['roi']['fallbacks'])",
                 stacklevel=3,
             )
+    if images is None:
+        images = np.stack([])  # no items: numpy's own error, as before
     return ImageDataset(
-        images=np.stack(images),
+        images=images,
         labels=np.array([class_names.index(it.label) for it in items], dtype=np.int64),
         class_names=list(class_names),
         patient_ids=np.array([it.patient for it in items]) if items[0].patient is not None else None,
@@ -199,6 +212,10 @@ def _load_items(items: list[_Item], class_names: list[str], *, name: str, source
         name=name,
         meta=meta,
     )
+
+
+def _in_memory(shape: tuple) -> np.ndarray:
+    return np.empty(shape, np.uint8)
 
 
 def _warn_skipped(name: str, skipped: list[str]) -> None:
@@ -212,8 +229,10 @@ def _warn_skipped(name: str, skipped: list[str]) -> None:
 
 
 def load_folder(root, *, image_size: int | None = None, channels: int | None = None, resize_policy: str = "resize",
-                classes: list[str] | None = None, roi_fn=None) -> ImageDataset:
+                classes: list[str] | None = None, roi_fn=None, buffer=None) -> ImageDataset:
     """Images in ``root/<class name>/`` (sub-folders searched too).
+
+    ``buffer(shape)``: the array the images are decoded into (default: in memory; see _load_items).
 
     Class order is the sorted folder names (numeric when all are integers) unless ``classes``
     gives it. Files without an image suffix, hidden files and folders outside the classes
@@ -261,7 +280,8 @@ def load_folder(root, *, image_size: int | None = None, channels: int | None = N
         items += [_Item(f, cls, str(f)) for f in images]
     _warn_skipped(root.name, skipped)
     return _load_items(items, class_names, name=root.name, source=f"folder:{root}", image_size=image_size,
-                       channels=channels, resize_policy=resize_policy, roi_fn=roi_fn, meta={"skipped": skipped})
+                       channels=channels, resize_policy=resize_policy, roi_fn=roi_fn, meta={"skipped": skipped},
+                       buffer=buffer)
 
 
 #: the columns load_csv reads; any other column must be named in ``extra_columns``
@@ -272,7 +292,7 @@ CROP_COLUMNS = ("source", "x0", "y0", "x1", "y1")
 
 def load_csv(csv_path, *, image_size: int | None = None, channels: int | None = None, resize_policy: str = "resize",
              classes: list[str] | None = None, roi_fn=None, extra_columns=(),
-             mask_spec: MaskSpec | None = None) -> ImageDataset:
+             mask_spec: MaskSpec | None = None, buffer=None) -> ImageDataset:
     """Images listed in a CSV manifest with header ``path,label[,patient_id][,mask_path][,caption]``.
 
     Paths are relative to the CSV's folder (absolute paths also work). Labels are class
@@ -281,6 +301,7 @@ def load_csv(csv_path, *, image_size: int | None = None, channels: int | None = 
     as ``mask_spec`` says); ``caption`` gives each image's text (may be empty: unconditional).
     A column that is neither one of these nor in ``extra_columns`` is an error: a misspelt
     ``patient_id`` would otherwise give an image-level split (patients leaking across splits).
+    ``buffer(shape)``: the array the images are decoded into (default: in memory; see _load_items).
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
@@ -352,7 +373,7 @@ def load_csv(csv_path, *, image_size: int | None = None, channels: int | None = 
         class_names = _sorted_names(labels)
     return _load_items(items, class_names, name=csv_path.stem, source=f"csv:{csv_path}", image_size=image_size,
                        channels=channels, resize_policy=resize_policy, roi_fn=roi_fn, meta={"skipped": []},
-                       mask_spec=mask_spec)
+                       mask_spec=mask_spec, buffer=buffer)
 
 
 # --------------------------------------------------------------------------- MedMNIST
@@ -588,8 +609,11 @@ def load_dataset(cfg: DataConfig, *, seed: int | None = None, download: bool = F
     elif file_source:
         loader = load_folder if kind == "folder" else partial(load_csv, extra_columns=cfg.extra_columns,
                                                               mask_spec=MaskSpec.from_config(cfg.masks))
+        # decoded straight into a memory-mapped scratch file when the splits will live on disk
+        # (data.storage / data.in_memory_max_gb): decoding then holds one image, not the set
+        buffer = partial(decode_buffer, storage=cfg.storage, in_memory_max_gb=cfg.in_memory_max_gb)
         full = loader(arg, image_size=cfg.image_size, channels=cfg.channels, resize_policy=cfg.resize_policy,
-                      classes=cfg.classes, roi_fn=roi_fn)
+                      classes=cfg.classes, roi_fn=roi_fn, buffer=buffer)
         steps.append(f"loaded {len(full)} images from {full.meta['source']}")
         if full.meta.get("skipped"):
             steps.append(f"skipped {len(full.meta['skipped'])} non-image file(s)")

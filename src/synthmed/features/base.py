@@ -89,11 +89,22 @@ class FeatureExtractor:
         return feats.copy()
 
     def _extract_all(self, ds: ImageDataset, batch_size: int, progress: bool) -> np.ndarray:
+        """Batch after batch; in a process group (torchrun, synthmed.distributed) every rank computes
+        its share of the batches (round-robin) and all ranks receive all of them in order: the same
+        batches as one process, so the same features. Every rank must then call it (it is collective)."""
         from tqdm.auto import tqdm
 
-        starts = range(0, len(ds), batch_size)
-        bar = tqdm(starts, desc=f"features ({self.name})", disable=not progress, leave=False)
-        out = [np.asarray(self._extract_batch(ds.images[i:i + batch_size]), dtype=np.float64) for i in bar]
+        from synthmed import distributed
+
+        def batch(start: int, stop: int) -> np.ndarray:
+            return np.asarray(self._extract_batch(ds.images[start:stop]), dtype=np.float64)
+
+        if distributed.world().active:
+            out = distributed.map_chunks(batch, len(ds), batch_size)
+        else:
+            starts = range(0, len(ds), batch_size)
+            bar = tqdm(starts, desc=f"features ({self.name})", disable=not progress, leave=False)
+            out = [batch(i, i + batch_size) for i in bar]
         feats = np.concatenate(out)
         if feats.shape != (len(ds), self.dim):
             raise FeatureExtractorError(
