@@ -190,3 +190,25 @@ def test_a_saved_synthetic_set_keeps_its_masks_and_reads_back_as_a_csv_manifest(
     # the same (image, mask) pairs, whatever order the manifest lists them in
     pairs = lambda ds: sorted(i.tobytes() + m.tobytes() for i, m in zip(ds.images, ds.masks))  # noqa: E731
     assert pairs(via_csv) == pairs(syn)
+
+
+def test_synthmed_run_captions_every_split_from_its_masks_under_context_caption():
+    from synthmed.data.dataset import DataError, DataSplits
+    from synthmed.pipeline import with_captions
+
+    def splits_of(ds):
+        return DataSplits(train=ds, val=ds.subset(np.arange(3)), test=ds.subset(np.arange(3, 6)), source="toy",
+                          split_policy="given")
+
+    plain = masked_toy()
+    plain.captions = None
+    cfg = load_config(overrides={"generator": {"context": "caption", "denoiser": "unet-cross-attention"},
+                                 "data": {"masks": {"embryo": True}}})
+    captioned = with_captions(cfg, splits_of(plain))
+    rules = CaptionRules(tuple(MASK_NAMES), opening=cfg.captions.opening)
+    for ds in (captioned.train, captioned.val, captioned.test):
+        assert ds.captions == add_captions(ds, rules).captions
+    assert with_captions(load_config(), splits_of(plain)).train.captions is None  # context none: untouched
+    bare = toy(4, seed=0)
+    with pytest.raises(DataError, match="caption or mask_path"):
+        with_captions(cfg, splits_of(bare))
