@@ -184,3 +184,32 @@ def test_ratio_sweep_refuses_synthetic_images_without_masks_and_runs_real_only_w
         segmentation_experiment(splits, None, cfg)
     cfg.protocols = ["ratio-100:0"]
     assert segmentation_experiment(splits, None, cfg)["summary"]["ratio-100:0"]["mean_dice"]["n"] == 1
+
+
+def test_segmenter_losses_dice_and_class_weights():
+    import torch
+
+    from synthmed.metrics.segmenter import class_weights, soft_dice_loss
+
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, :4] = 1
+    target[0, 6, 6] = 2  # a rare class: 1 of 128 pixels
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 40
+    assert soft_dice_loss(perfect, target).item() < 1e-3
+    assert soft_dice_loss(perfect.roll(1, dims=1), target).item() > 0.9  # every pixel called a wrong class
+    w = class_weights(target, 3, "sqrt-inverse")
+    share = torch.bincount(target.reshape(-1), minlength=3).float() / target.numel()
+    assert w[2] > w[1] > 0 and abs(float((w * share).sum()) - 1) < 1e-5
+    assert class_weights(target, 3, "none") is None
+
+
+def test_segmenter_saves_and_loads_the_same_predictions(tmp_path):
+    from dataclasses import replace
+
+    from synthmed.metrics.segmenter import load_segmenter
+
+    train, val = _squares(24), _squares(8, seed=1)
+    seg = train_segmenter(train, val, replace(FAST, steps=20, class_weighting="sqrt-inverse"), seed=0)
+    assert seg.meta["loss"] == "ce+dice" and len(seg.meta["class_weights"]) == 3
+    again = load_segmenter(seg.save(tmp_path / "seg"))
+    assert np.array_equal(again.predict(val), seg.predict(val)) and again.history == seg.history

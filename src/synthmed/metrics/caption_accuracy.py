@@ -26,6 +26,7 @@ import numpy as np
 
 from synthmed.data.captions import LEVELS, CaptionRules, mask_levels, parse_caption
 from synthmed.data.dataset import DataError, ImageDataset
+from synthmed.metrics.conditional_accuracy import wilson_interval
 
 Segmenter = Callable[[ImageDataset], np.ndarray]
 _ROWS = ("none",) + LEVELS
@@ -44,9 +45,13 @@ def compare_levels(generating: list[list[str | None]], predicted: list[list[str 
         table = {r: {c: 0 for c in _ROWS} for r in _ROWS}
         for a, b in zip(gen, pred):
             table[a][b] += 1
+        presence = sum((a != "none") == (b != "none") for a, b in zip(gen, pred))
+        level = sum(a == b for a, b in zip(gen, pred))
         per_class[name] = {
-            "presence_accuracy": float(np.mean([(a != "none") == (b != "none") for a, b in zip(gen, pred)])) if n else None,
-            "level_accuracy": float(np.mean([a == b for a, b in zip(gen, pred)])) if n else None,
+            "presence_accuracy": presence / n if n else None,
+            "level_accuracy": level / n if n else None,
+            # 95% Wilson intervals over the n images (one segmenter: the images are the only repeat)
+            "presence_ci95": wilson_interval(presence, n), "level_ci95": wilson_interval(level, n),
             "generated_as": {r: sum(table[r].values()) for r in _ROWS},
             "predicted_as": {c: sum(table[r][c] for r in _ROWS) for c in _ROWS},
             "table": table,  # table[generating level][predicted level] = images
@@ -55,6 +60,7 @@ def compare_levels(generating: list[list[str | None]], predicted: list[list[str 
     return {
         "n_images": n,
         "exact_caption_rate": float(np.mean(exact)) if n else None,
+        "exact_caption_ci95": wilson_interval(int(sum(exact)), n),
         "mean_presence_accuracy": float(np.mean([c["presence_accuracy"] for c in per_class.values()])) if n else None,
         "mean_level_accuracy": float(np.mean([c["level_accuracy"] for c in per_class.values()])) if n else None,
         "per_class": per_class,

@@ -23,6 +23,7 @@ import synthmed
 from synthmed.data.dataset import ImageDataset
 from synthmed.report.compare_section import render_comparison
 from synthmed.report.downstream_section import render_downstream_experiment
+from synthmed.report.segmentation_section import render_caption_accuracy, render_segmentation_downstream
 from synthmed.report.figures import bar_chart_svg, class_grid, line_chart_svg, png_base64
 from synthmed.report.verdict import MIN_SEEDS, downstream_finding, interval
 
@@ -1075,6 +1076,8 @@ def render_report(results: dict, real: ImageDataset | None = None, synthetic: Im
         ("memorisation", "memorisation audit", _section_memorisation),
         ("downstream", "downstream classifier", _section_downstream),
         ("downstream_experiment", "downstream experiment", render_downstream_experiment),
+        ("caption_accuracy", "caption accuracy", render_caption_accuracy),
+        ("segmentation_downstream", "segmentation downstream", render_segmentation_downstream),
         ("comparison", "generator comparison", render_comparison),
     ]
     for key, name, render in sections:
