@@ -9,7 +9,8 @@ masks) and gets the same CPU-sized network and budget, so the rows compare metho
 - lr 1e-3 with 50 warm-up steps (the presets' 2.5e-5 .. 1e-4 are for 50k-step GPU runs and learn
   nothing in minutes), `generator.budget_minutes` for the generator (autoencoder included);
 - judge and downstream classifier smallcnn (20 epochs, patience 4), 3 downstream seeds,
-  100 synthetic images per class.
+  100 synthetic images per class (renal-ldm-masks: as many as the
+  real training split has, for the ratio sweep); segmenter (caption accuracy, ratio sweep) 1000 steps, 3 seeds.
 
     python benchmarks/presets_embryo.py                       # all presets, 4 min each, one after another
     python benchmarks/presets_embryo.py --only renal-ldm,renal-ldm-masks --budget 6
@@ -35,7 +36,7 @@ from pathlib import Path
 from synthmed.files import atomic_write_text
 
 PRESETS = ["pcam-ddpm", "pcam-ddpm-dit", "improve", "improve-baseline", "blastdiffusion", "renal-ldm",
-           "renal-ldm-masks"]
+           "renal-ldm-masks", "improve@bloodmnist", "improve-baseline@bloodmnist"]
 #: what each preset is, for the table
 METHOD = {
     "pcam-ddpm": "latent DDPM, U-Net, class embedding",
@@ -69,7 +70,14 @@ def cpu_overrides(preset: str, budget: float) -> list[str]:
          "generator.autoencoder.lr=0.001",
          'evaluate.judge={"arch": "smallcnn", "epochs": 20, "patience": 4}',
          'downstream.classifier={"arch": "smallcnn", "epochs": 20, "patience": 4}', "downstream.seeds=[0,1,2]",
+         # the segmenter of caption accuracy and of the ratio sweep (runs only where the samples carry captions /
+         # masks): 1000 steps, 3 seeds
+         "segmentation.steps=1000", "segmentation.seeds=[0,1,2]",
          "samples_per_class=100", "threads=1"]
+    if preset == "renal-ldm-masks":
+        # the ratio sweep's 0:100 and 100:100 need as many synthetic image-mask pairs per class as the real
+        # training split has: sample exactly that many
+        s[s.index("samples_per_class=100")] = "samples_per_class=null"
     return s
 
 
@@ -115,7 +123,7 @@ def summarise(preset: str, out: Path) -> dict:
         "downstream_difference": d["mean"], "downstream_ci": [d.get("ci_low"), d.get("ci_high")],
         "downstream_seeds": m["downstream"].get("seeds"),
     }
-    for key in ("caption_accuracy", "segmentation"):
+    for key in ("caption_accuracy", "segmentation_downstream"):
         if key in m:
             row[key] = m[key]
     return row
@@ -139,6 +147,42 @@ def markdown(rows: list[dict], args) -> str:
         lines.append(f"| {r['preset']} | {r['method']} | {r['train_steps']} | {wall} | {r['conditional_accuracy']:.3f} | "
                      f"{r['fid']:.1f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['coverage']:.3f} | "
                      f"{r['downstream_real']:.3f} -> {r['downstream_augmented']:.3f} | {r['downstream_difference']:+.3f}{ci_s} |")
+    for r in rows:
+        ca = r.get("caption_accuracy")
+        if ca and "per_class" in ca:
+            ref, seg = ca["real_reference"], ca["segmenter"]
+            lines += ["", f"## Caption accuracy: {r['preset']} ({ca['n_images']} synthetic images; reference: "
+                      f"{ref['n_images']} real test images with their true masks' captions)", "",
+                      f"Segmenter: {seg.get('kind')} trained on the real training split ({seg.get('n_train')} images, "
+                      f"widths {seg.get('widths')}, loss {seg.get('loss')}, best step {seg.get('best_step')} of "
+                      f"{seg.get('steps')}), real-test mean Dice {seg['real_test']['mean_dice']:.3f}. Presence: the "
+                      "class is / is not in the caption rebuilt from the segmentation as in the generating caption; "
+                      "level: same low / medium / high / absent. 95% Wilson intervals over images.", "",
+                      "| mask class | synthetic presence | synthetic level | real presence | real level | segmenter Dice |",
+                      "|---|---|---|---|---|---|"]
+            for name, c in ca["per_class"].items():
+                rc = ref["per_class"][name]
+                dice = seg["real_test"].get("dice", {}).get(name)
+                ci = lambda c, k: f"{c[k + '_accuracy']:.3f} [{c[k + '_ci95'][0]:.2f}, {c[k + '_ci95'][1]:.2f}]"  # noqa: E731
+                lines.append(f"| {name} | {ci(c, 'presence')} | {ci(c, 'level')} | {ci(rc, 'presence')} | "
+                             f"{ci(rc, 'level')} | {dice:.3f} |" if dice is not None else
+                             f"| {name} | {ci(c, 'presence')} | {ci(c, 'level')} | {ci(rc, 'presence')} | {ci(rc, 'level')} | – |")
+            lines.append(f"| **mean / exact caption** | {ca['mean_presence_accuracy']:.3f} | {ca['mean_level_accuracy']:.3f} "
+                         f"(exact {ca['exact_caption_rate']:.3f}) | {ref['mean_presence_accuracy']:.3f} | "
+                         f"{ref['mean_level_accuracy']:.3f} (exact {ref['exact_caption_rate']:.3f}) | "
+                         f"{seg['real_test']['mean_dice']:.3f} |")
+        sd = r.get("segmentation_downstream")
+        if sd and sd.get("summary"):
+            lines += ["", f"## Segmentation ratio sweep: {r['preset']} (real test Dice / IoU of a U-Net segmenter, "
+                      f"seeds {sd.get('seeds')})", "",
+                      "| real:synthetic | Dice mean ± std | IoU mean ± std | Dice vs 100:0 [95% CI] |", "|---|---|---|---|"]
+            for proto, row in sd["summary"].items():
+                vs = (row.get("vs_100_0") or {}).get("mean_dice") or {}
+                d, i = row["mean_dice"], row["mean_iou"]
+                vs_s = (f"{vs['mean']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]"
+                        if vs.get("ci_low") is not None else ("–" if not vs else f"{vs['mean']:+.3f}"))
+                lines.append(f"| {proto.replace('ratio-', '')} | {d['mean']:.3f} ± {d['std'] or 0:.3f} | "
+                             f"{i['mean']:.3f} ± {i['std'] or 0:.3f} | {vs_s} |")
     return "\n".join(lines) + "\n"
 
 
