@@ -153,6 +153,11 @@ def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
     t0 = time.time()
     res = step_downstream_experiment(cfg, args.work, splits, device, repeats=repeats, exp_dir=exp_dir, quiet=False)
     per_subset = []
+    previous = (getattr(args, "previous_parts", {}) or {}).get(str(size)) if args.reuse_scores else None
+    if previous and previous.get("generator_steps") == args.subset_steps and \
+            previous.get("samples_per_class") == args.samples_per_class and previous.get("generators"):
+        per_subset = previous["generators"]  # the same generators (same work folder): scored already
+        subsets = []
     for i, sub in enumerate(subsets):
         gen = load_generator(exp_dir / "generators" / f"repeat{i}", device=device)
         scores, syn, audit = score_generator(gen, sub, splits, judge, args.samples_per_class, seed=cfg.seed + 1 + i)
@@ -282,6 +287,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--protocols", default=",".join(PROTOCOLS),
                     help="downstream protocols of the subset parts (comma list; baseline and traditional needed)")
+    ap.add_argument("--reuse-scores", action="store_true",
+                    help="subset parts: keep the generator scores already in the JSON (same --work, steps and samples "
+                         "per class) and only add downstream cells, e.g. a new protocol")
     ap.add_argument("--synthetic-ratio", type=float, default=1.0,
                     help="synthetic images added per real training image in the mixing protocols")
     ap.add_argument("--guidance-sweep", default="", metavar="W1,W2,...",
@@ -300,6 +308,7 @@ def main() -> None:
     args.grids.mkdir(parents=True, exist_ok=True)
     out = args.out / f"generator_quality_{device}.json"
     results = json.loads(out.read_text()) if out.is_file() else {}
+    args.previous_parts = results.get("parts", {})
     judge = DomainExtractor(splits.train, splits.val, JUDGE, seed=JUDGE_SEED, device=device, progress=False)
     real_acc = float((judge.classifier.predict(splits.test) == splits.test.labels).mean())
     results["setup"] = {

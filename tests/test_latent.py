@@ -84,6 +84,27 @@ def test_second_fit_on_the_same_split_loads_the_autoencoder_from_the_cache(fit_c
     assert h2["autoencoder"]["reconstruction"] == h1["autoencoder"]["reconstruction"]
 
 
+def test_an_autoencoder_cut_short_by_the_budget_is_not_cached(monkeypatch, private_cache):
+    """Its key promises autoencoder.train_steps: a training cut short by generator.budget_minutes must not be
+    loaded later as if it were the full one (it is retrained), and an old short entry is not trusted."""
+    real_fit = LatentAutoencoder.fit
+    calls = []
+
+    def short_fit(self, *args, **kwargs):  # what a budget that fits 3 of the 6 steps leaves
+        calls.append(self)
+        out = real_fit(self, *args, **kwargs)
+        self.history["train_steps"] = 3
+        return out
+
+    monkeypatch.setattr(LatentAutoencoder, "fit", short_fit)
+    train, val = toy(6, seed=0), toy(3, seed=1)
+    h = make(latent_cfg(), train).fit(train, val, progress=False)
+    assert h["autoencoder"]["cache"].startswith("miss (cut short")
+    assert not any(private_cache.glob("*.pt")) if private_cache.exists() else True
+    make(latent_cfg(), train).fit(train, val, progress=False)
+    assert len(calls) == 2, "the short training was stored and loaded"
+
+
 def test_the_cached_autoencoder_is_the_one_a_fresh_fit_trains(fit_calls):
     # the cache may only stand in for training if training is reproducible from the seed
     train, val = toy(6, seed=0), toy(3, seed=1)

@@ -80,6 +80,14 @@ def test_transfer_is_synthetic_then_real():
     check(plan, 1, REAL_COUNTS, [0, 0, 0])
 
 
+def test_transfer_traditional_augments_both_stages():
+    plan = build_plan("transfer-traditional", REAL, SYN)
+    assert list(plan.composition) == ["pretrain", "finetune"]
+    check(plan, 0, [0, 0, 0], REAL_COUNTS, augment=("flip", "rot90", "jitter"))
+    check(plan, 1, REAL_COUNTS, [0, 0, 0], augment=("flip", "rot90", "jitter"))
+    assert build_plan("transfer", REAL, SYN).stages[1][1] == ()
+
+
 def test_balance_tops_minorities_up_to_the_majority():
     plan = build_plan("balance", REAL, SYN)
     check(plan, 0, REAL_COUNTS, [0, 4, 7])
@@ -110,8 +118,8 @@ def test_ratio_sweep_composition(name):
 
 def test_expand_and_validate_names():
     assert expand_protocols(["baseline", "ratio-sweep", "ratio-50:50"]) == ["baseline", *RATIO_SWEEP]
-    assert set(PROTOCOLS) == {"baseline", "traditional", "mix", "mix-traditional", "transfer", "synthetic-only",
-                              "balance"}
+    assert set(PROTOCOLS) == {"baseline", "traditional", "mix", "mix-traditional", "transfer", "transfer-traditional",
+                              "synthetic-only", "balance"}
     for bad in ("ratio-60:60", "ratio-50:40", "mixx"):
         with pytest.raises(ValueError, match="unknown protocol"):
             expand_protocols([bad])

@@ -413,7 +413,8 @@ class DownstreamConfig:
     #: augmentation set of the ``traditional`` protocol (names as in classifier.augmentations)
     augmentations: list[str] = field(default_factory=lambda: ["flip", "rot90", "jitter"])
     # ---- `synthmed downstream` experiment (the quick check in `synthmed run` uses the keys above)
-    #: baseline, traditional, mix, transfer, synthetic-only, balance, ratio-sweep (or ratio-R:S)
+    #: baseline, traditional, mix, mix-traditional, transfer, transfer-traditional, synthetic-only, balance,
+    #: ratio-sweep (or ratio-R:S)
     protocols: list[str] = field(default_factory=lambda: ["baseline", "traditional", "mix", "transfer",
                                                           "synthetic-only", "balance"])
     #: realism filtering of the synthetic pool per cell: none, global, class
@@ -731,8 +732,8 @@ WIDTHS = Each(AT_LEAST_1, nonempty=True)
 METRIC_NAMES = ("fid", "kid", "precision", "recall", "f1", "density", "coverage", "ssim", "lpips")
 AUGMENTATION_NAMES = ("flip", "rot90", "jitter")
 FILTER_NAMES = ("none", "global", "class", "confidence")
-PROTOCOL_NAMES = ("baseline", "traditional", "mix", "mix-traditional", "transfer", "synthetic-only", "balance",
-                  "ratio-sweep")
+PROTOCOL_NAMES = ("baseline", "traditional", "mix", "mix-traditional", "transfer", "transfer-traditional",
+                  "synthetic-only", "balance", "ratio-sweep")
 _CLASSIFIER_RULES = {
     "arch": Choice(("smallcnn", "resnet18")), "widths": WIDTHS, "optimizer": Choice(("adam", "sgd")),
     "lr": POSITIVE, "batch_size": AT_LEAST_1, "epochs": AT_LEAST_1, "patience": AT_LEAST_1, "steps": AT_LEAST_1,

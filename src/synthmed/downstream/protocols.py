@@ -150,6 +150,17 @@ def transfer(real: ImageDataset, synthetic: ImageDataset | None, opts: ProtocolO
     return TrainingPlan("transfer", [(pretrain, ()), (finetune, ())], {"pretrain": pre_comp, "finetune": fine_comp})
 
 
+def transfer_traditional(real: ImageDataset, synthetic: ImageDataset | None, opts: ProtocolOptions) -> TrainingPlan:
+    """``transfer`` with ``traditional``'s augmentation in both stages: whether pretraining on synthetic images
+    adds anything beyond flips, rotations and jitter of the real ones."""
+    augment = tuple(opts.augmentations)
+    pretrain, pre_comp = _stage(None, _scaled_draw(real, synthetic, opts, "transfer-traditional"),
+                                "transfer-traditional-pretrain")
+    finetune, fine_comp = _stage(real, None, "transfer-traditional-finetune")
+    return TrainingPlan("transfer-traditional", [(pretrain, augment), (finetune, augment)],
+                        {"pretrain": pre_comp, "finetune": fine_comp})
+
+
 def balance(real: ImageDataset, synthetic: ImageDataset | None, opts: ProtocolOptions) -> TrainingPlan:
     counts = real.class_counts()
     top_up = [max(counts) - n for n in counts]
@@ -183,6 +194,7 @@ PROTOCOLS: dict[str, ProtocolFn] = {
     "mix": mix,
     "mix-traditional": mix_traditional,
     "transfer": transfer,
+    "transfer-traditional": transfer_traditional,
     "synthetic-only": synthetic_only,
     "balance": balance,
 }

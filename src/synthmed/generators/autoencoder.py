@@ -201,6 +201,11 @@ class LatentAutoencoder:
             return self.history
         self.fit(x, x_val, seed=seed, progress=progress)
         self.history.update(cache="miss", cache_file=str(path))
+        if self.history.get("train_steps", self.cfg.train_steps) < self.cfg.train_steps:
+            # cut short by generator.budget_minutes: the entry's key says train_steps, and a later run (with a
+            # larger budget, or none) must not load this shorter training as if it were that
+            self.history["cache"] = "miss (cut short by the time budget: not stored)"
+            return self.history
         if not distributed.is_main():  # every rank trained the same autoencoder; rank 0 stores it
             return self.history
         try:
@@ -230,6 +235,9 @@ class LatentAutoencoder:
             wrong = [k for k in expected if found[k] != expected[k]]
             if wrong:
                 raise ValueError(f"made for other {', '.join(wrong)}")
+            steps = (state.get("history") or {}).get("train_steps", self.cfg.train_steps)
+            if steps < self.cfg.train_steps:  # stored before budget-cut trainings were kept out of the cache
+                raise ValueError(f"trained {steps} of the {self.cfg.train_steps} steps its key promises")
             self.load_state(state)
         except Exception as e:  # noqa: BLE001 - a damaged cache entry is retrained, never fatal
             self.vae.load_state_dict(before)
