@@ -80,6 +80,19 @@ def test_transfer_is_synthetic_then_real():
     check(plan, 1, REAL_COUNTS, [0, 0, 0])
 
 
+def test_every_protocol_that_draws_the_ratio_is_sized_for_in_the_pool():
+    """The experiment's synthetic pool must hold what each protocol draws (a protocol missing from
+    RATIO_SCALED got an empty pool)."""
+    from synthmed.config import load_config
+    from synthmed.pipeline import synthetic_pool_sizes
+
+    for name in PROTOCOLS:
+        if name in ("baseline", "traditional", "balance"):
+            continue
+        cfg = load_config(overrides={"downstream": {"protocols": [name], "synthetic_ratio": 2.0}})
+        assert synthetic_pool_sizes(cfg, REAL) == [2 * n for n in REAL_COUNTS], name
+
+
 def test_transfer_traditional_augments_both_stages():
     plan = build_plan("transfer-traditional", REAL, SYN)
     assert list(plan.composition) == ["pretrain", "finetune"]

@@ -735,14 +735,14 @@ def synthetic_pool_sizes(cfg: RunConfig, train: ImageDataset) -> list[int]:
     """Synthetic images per class the experiment's most demanding protocol needs."""
     import math
 
-    from synthmed.downstream.protocols import expand_protocols
+    from synthmed.downstream.protocols import RATIO_SCALED, expand_protocols
 
     d = cfg.downstream
     counts = train.class_counts()
     protocols = expand_protocols(list(d.protocols))
     need = [0] * len(counts)
     for c, n in enumerate(counts):
-        if any(p in ("mix", "mix-traditional", "transfer", "synthetic-only") for p in protocols):
+        if any(p in RATIO_SCALED for p in protocols):
             need[c] = max(need[c], math.ceil(d.synthetic_ratio * n))
         if "balance" in protocols:
             need[c] = max(need[c], max(counts) - n)

@@ -186,6 +186,9 @@ def ratio(real: ImageDataset, synthetic: ImageDataset | None, opts: ProtocolOpti
     return _single(name, real_part, syn_part)
 
 
+#: protocols that draw ``synthetic_ratio`` x the real count of each class from the synthetic pool
+RATIO_SCALED = ("mix", "mix-traditional", "transfer", "transfer-traditional", "synthetic-only")
+
 ProtocolFn = Callable[[ImageDataset, "ImageDataset | None", ProtocolOptions], TrainingPlan]
 
 PROTOCOLS: dict[str, ProtocolFn] = {
