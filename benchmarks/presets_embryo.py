@@ -151,7 +151,10 @@ def summarise(preset: str, out: Path) -> dict:
 def markdown(rows: list[dict], args) -> str:
     lines = ["# Paper presets on the embryo set through `synthmed run` (CPU size)", "",
              f"Embedded embryo set (940 images, 32x32, masks rendered), official synthmed split; CPU-sized networks, "
-             f"generator budget {args.budget:g} min each (autoencoder included), 100 synthetic images per class, "
+             f"generator budget {args.budget:g} min each (latent presets: the denoiser's, after an autoencoder trained "
+             "once per split for its full 1500 steps and cached, `--pretrain-autoencoder`; in rows marked "
+             "'autoencoder in budget' it was trained inside the budget, see the steps column), 100 synthetic images "
+             "per class (renal-ldm-masks: the real training counts), "
              "judge smallcnn on the real training split, downstream quick check smallcnn over 3 seeds "
              "(real vs real + synthetic, paired 95% t interval). One CPU thread per run.", "",
              "| preset | method | denoiser steps | wall min | cond. acc. | FD (domain) | precision | recall | coverage | "
@@ -217,9 +220,27 @@ def main() -> None:
                          "budget is the denoiser's")
     ap.add_argument("--work", type=Path, default=Path("runs/presets_embryo"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--collect", action="store_true",
+                    help="run nothing: summarise the presets whose runs under --work have finished")
+    ap.add_argument("--also", action="append", default=[], metavar="DIR:LABEL",
+                    help="with --collect: add the finished runs under DIR as extra rows, their names suffixed LABEL")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     presets = args.only.split(",")
+    if args.collect:
+        rows = [summarise(p, args.work / p.replace("@", "_")) for p in presets
+                if (args.work / p.replace("@", "_") / "metrics.json").is_file()]
+        for item in args.also:
+            folder, label = item.split(":", 1)
+            for p in presets:
+                d = Path(folder) / p.replace("@", "_")
+                if (d / "metrics.json").is_file():
+                    rows.append({**summarise(p, d), "preset": f"{p} {label}"})
+        out = args.out / "presets_embryo_cpu.json"
+        atomic_write_text(json.dumps({"budget_minutes": args.budget, "rows": rows}, indent=1, default=str) + "\n", out)
+        atomic_write_text(markdown(rows, args), out.with_suffix(".md"))
+        print(markdown(rows, args))
+        return
     free = queue.Queue()  # one run per core at a time: a run takes a free core and gives it back
     for core in range(min(args.jobs, os.cpu_count() or 1)):
         free.put(core)
