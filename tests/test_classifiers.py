@@ -195,3 +195,26 @@ def test_balanced_weighting_trains_and_weighs_the_validation_loss():
     train, val = toy([40, 4, 40], seed=0), toy([10, 10, 10], seed=1)
     clf = train_classifier(train, val, cfg, seed=0, progress=False)
     assert len(clf.history["val_loss"]) == 2 and all(v == v for v in clf.history["val_loss"])
+
+
+def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
+    from torch import nn
+
+    from synthmed.classifiers import EarlyStopping
+
+    model = nn.Linear(1, 1, bias=False)
+    stopper = EarlyStopping(patience=2)
+    stops = []
+    for at, (weight, loss) in enumerate([(1.0, 0.9), (2.0, 0.5), (3.0, 0.7), (4.0, 0.5), (5.0, 0.6)]):
+        with torch.no_grad():
+            model.weight.fill_(weight)
+        stops.append(stopper.update(model, loss, at))
+    # 0.5 at step 1 is the best; 0.7 and an equal 0.5 are two validations without a new lowest
+    assert stops == [False, False, False, True, True] and stopper.stopped
+    assert stopper.best_at == 1 and stopper.best_loss == 0.5
+    stopper.restore(model)
+    assert model.weight.item() == 2.0
+    fresh = nn.Linear(1, 1, bias=False)
+    before = fresh.weight.clone()
+    EarlyStopping(3).restore(fresh)  # nothing seen: the model is left as it is
+    assert torch.equal(fresh.weight, before)

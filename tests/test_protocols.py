@@ -12,7 +12,7 @@ from synthmed.classifiers import augment_batch, classifier_preset, train_classif
 from synthmed.config import ClassifierConfig
 from synthmed.data.dataset import DataError, ImageDataset
 from synthmed.downstream.protocols import (PROTOCOLS, RATIO_SWEEP, NotEnoughSyntheticError, ProtocolOptions,
-                                           build_plan, expand_protocols, uses_synthetic)
+                                           build_plan, expand_protocols, stage_count, uses_synthetic)
 from toydata import CLASSES, toy
 
 REAL_COUNTS = [10, 6, 3]
@@ -91,6 +91,13 @@ def test_every_protocol_that_draws_the_ratio_is_sized_for_in_the_pool():
             continue
         cfg = load_config(overrides={"downstream": {"protocols": [name], "synthetic_ratio": 2.0}})
         assert synthetic_pool_sizes(cfg, REAL) == [2 * n for n in REAL_COUNTS], name
+
+
+@pytest.mark.parametrize("name", [*PROTOCOLS, "ratio-50:50"])
+def test_stage_count_is_the_number_of_stages_the_plan_trains(name):
+    """stage_count sets the equal-compute budget of the real-only bar in generator_quality.py: a protocol
+    whose plan grows a stage without stage_count knowing would be compared at half its steps."""
+    assert stage_count(name) == len(build_plan(name, REAL, SYN).stages)
 
 
 def test_transfer_traditional_augments_both_stages():

@@ -316,6 +316,32 @@ def _batch_stream(n: int, bs: int, gen: torch.Generator):
         yield from _one_epoch(n, bs, gen)
 
 
+class EarlyStopping:
+    """The weights of the lowest validation loss, and when to stop: after ``patience`` validations in a
+    row without a new lowest. One rule for every model trained on real validation here (the classifiers,
+    the segmenter)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_loss, self.best_at, self.state = math.inf, None, None
+        self.waited, self.stopped = 0, False
+
+    def update(self, model: nn.Module, val_loss: float, at: int) -> bool:
+        """Record one validation at ``at`` (an epoch or a step); True when training should stop."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_at, self.waited = val_loss, at, 0
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.waited += 1
+            self.stopped = self.waited >= self.patience
+        return self.stopped
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best weights seen (none seen: the model stays as it is)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
 def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConfig, *, seed: int = 0,
                      device: str = "cpu", augment: bool | Sequence[str] = False, progress: bool = False,
                      init_from: TrainedClassifier | None = None) -> TrainedClassifier:
@@ -385,8 +411,7 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
             torch.manual_seed(seed + 1_000_003 * world.rank)
 
         history = {"epoch": [], "step": [], "train_loss": [], "val_loss": [], "val_acc": []}
-        best_loss, best_epoch, best_state, waited, step = math.inf, -1, None, 0, 0
-        stopped_early = False
+        stopper, step = EarlyStopping(cfg.patience), 0
         bar = tqdm(range(n_rounds), desc=f"classifier ({cfg.arch}, seed {seed})",
                    disable=not progress or not distributed.is_main(), leave=False)
         # at most this many steps: early stopping may end sooner
@@ -431,18 +456,12 @@ def train_classifier(train: ImageDataset, val: ImageDataset, cfg: ClassifierConf
             history["val_loss"].append(val_loss)
             history["val_acc"].append(val_acc)
             bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
-            if val_loss < best_loss:
-                best_loss, best_epoch, waited = val_loss, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-                if waited >= cfg.patience:
-                    stopped_early = True
-                    break
-        if best_state is not None:
-            model.load_state_dict(best_state)
+            if stopper.update(model, val_loss, epoch):
+                break
+        stopper.restore(model)
     model.eval()
-    history.update(best_epoch=best_epoch, best_val_loss=best_loss, stopped_early=stopped_early, steps=step,
+    best_epoch = -1 if stopper.best_at is None else stopper.best_at
+    history.update(best_epoch=best_epoch, best_val_loss=stopper.best_loss, stopped_early=stopper.stopped, steps=step,
                    best_step=history["step"][best_epoch] if best_epoch >= 0 else 0)
     meta = {
         "arch": cfg.arch,

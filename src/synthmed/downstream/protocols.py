@@ -234,6 +234,17 @@ def expand_protocols(names: list[str]) -> list[str]:
     return out
 
 
+#: protocols that train in two stages (pretrain, then fine-tune), each up to the classifier's step budget
+TWO_STAGE = ("transfer", "transfer-traditional")
+
+
+def stage_count(name: str) -> int:
+    """Training stages of a protocol: a two-stage protocol may spend twice the optimizer steps of a
+    one-stage one, so an equal-compute comparison gives the one-stage side that many times the steps."""
+    get_protocol(name)
+    return 2 if name in TWO_STAGE else 1
+
+
 def uses_synthetic(name: str) -> bool:
     """Whether a protocol trains on synthetic images (only then do realism filters matter)."""
     get_protocol(name)

@@ -18,7 +18,6 @@ evaluations without improvement, and the weights of the best validation loss kep
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthmed.classifiers import EarlyStopping
 from synthmed.config import SegmentationConfig
 from synthmed.data.dataset import DataError, ImageDataset
 from synthmed.files import atomic_torch_save, atomic_write_json
@@ -185,9 +185,8 @@ def train_segmenter(train: ImageDataset, val: ImageDataset, cfg: SegmentationCon
         weights = class_weights(y_tr, num_outputs, cfg.class_weighting)
         n, bs = len(x_tr), min(cfg.batch_size, len(x_tr))
         history = {"step": [], "train_loss": [], "val_loss": []}
-        best, best_state, best_step, waited, step, running = math.inf, None, 0, 0, 0, []
+        stopper, step, running = EarlyStopping(cfg.patience), 0, []
         order, pos = torch.randperm(n, generator=gen), 0
-        stopped_early = False
         model.train()
         while step < cfg.steps:
             if pos + bs > n:
@@ -213,18 +212,12 @@ def train_segmenter(train: ImageDataset, val: ImageDataset, cfg: SegmentationCon
                 history["train_loss"].append(float(np.mean(running)))
                 history["val_loss"].append(val_loss)
                 running = []
-                if val_loss < best:
-                    best, best_step, waited = val_loss, step, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    waited += 1
-                    if waited >= cfg.patience:
-                        stopped_early = True
-                        break
-        if best_state is not None:
-            model.load_state_dict(best_state)
+                if stopper.update(model, val_loss, step):
+                    break
+        stopper.restore(model)
     model.eval()
-    history.update(best_step=best_step, best_val_loss=best, stopped_early=stopped_early, steps=step)
+    history.update(best_step=stopper.best_at or 0, best_val_loss=stopper.best_loss, stopped_early=stopper.stopped,
+                   steps=step)
     meta = {"seed": seed, "widths": list(cfg.widths), "n_train": len(train), "train_synthetic": bool(train.synthetic),
             "train_fingerprint": train.fingerprint(), "val_fingerprint": val.fingerprint(),
             "parameters": sum(p.numel() for p in model.parameters()), "loss": cfg.loss,
