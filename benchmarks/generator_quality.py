@@ -10,12 +10,16 @@ trained once on the real training split, never used to select or tune anything),
 the real test split next to the same-N real floor (real validation images drawn at the synthetic
 set's class counts vs the same test split) and their ratio, precision / recall / coverage, and the
 memorisation audit's flags. For the subsets also the downstream protocols baseline, traditional,
-mix and mix-traditional, every classifier at the same optimizer-step budget, early-stopped on the
-real validation split, scored on the full test split, with paired 95% t intervals over the 3 subsets.
+mix and mix-traditional (``--protocols`` adds e.g. transfer), every classifier at the same optimizer-step
+budget, early-stopped on the real validation split, scored on the full test split, with paired 95% t
+intervals over the 3 subsets. A two-stage protocol (transfer: pretrain on synthetic, fine-tune on real)
+may spend twice the steps, so the real-only protocols are then also run at twice the budget and the
+best real-only row over both budgets is the bar (``--equal-budget off`` skips this).
 
     python benchmarks/generator_quality.py --only full          # ~35 min on 2 CPU cores (generator 30 min)
     python benchmarks/generator_quality.py --only 50            # 3 generators + 12 classifiers
     python benchmarks/generator_quality.py --only 200
+    python benchmarks/generator_quality.py --only 50 --synthetic-ratio 6 --protocols baseline,traditional,transfer
     python benchmarks/generator_quality.py --only 50 --guidance-sweep 1,1.5,2,3   # rescore trained ones
     python benchmarks/generator_quality.py --preset pixel28 --set generator.formulation=edm
     python benchmarks/generator_quality.py --device cuda --full-steps 20000 --subset-steps 8000   # GPU size
@@ -40,6 +44,8 @@ import torch
 from synthmed.config import ClassifierConfig, load_config, set_dotted, validate
 from synthmed.data.sources import load_dataset
 from synthmed.data.splits import disjoint_subsets
+from synthmed.downstream.protocols import stage_count
+from synthmed.downstream.stats import paired_difference
 from synthmed.features.domain import DomainExtractor
 from synthmed.files import atomic_write_text
 from synthmed.generators.registry import build_generator, load_generator
@@ -166,11 +172,57 @@ def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
             save_grid(syn, args.grids / f"generator_quality_{size}.png")
             save_pairs(audit, sub, syn, args.grids / f"generator_quality_{size}_memorisation.png")
     summary = [r for r in res["summary"] if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
+    summary = compare_to_real_only(summary + equal_budget_rows(args, cfg, splits, device, repeats, size))
     return {"seconds": time.time() - t0, "downstream": summary, "generators": per_subset,
             "generator_steps": args.subset_steps, "samples_per_class": args.samples_per_class,
             "mean": {k: float(np.mean([s[k] for s in per_subset])) for k in
                      ("conditional_accuracy", "fd", "fd_real_floor", "fd_ratio", "precision", "recall", "coverage",
                       "train_seconds")}}
+
+
+def equal_budget_rows(args, cfg, splits, device, repeats, size: int) -> list[dict]:
+    """The real-only protocols once more at the step budget of the longest synthetic protocol.
+
+    ``transfer`` trains two stages (synthetic, then real) of up to --steps each, so beating real-only
+    classifiers held to --steps could be more optimizer steps rather than synthetic images. The real-only
+    bar therefore also gets stages x --steps; the best real-only row over both budgets is the bar."""
+    protocols = cfg.downstream.protocols
+    stages = max((stage_count(p) for p in protocols if p not in REAL_ONLY), default=1)
+    real = [p for p in protocols if p in REAL_ONLY]
+    if args.equal_budget == "off" or stages == 1 or not real:
+        return []
+    budget = stages * args.steps
+    classifier = dataclasses.replace(cfg.downstream.classifier, steps=budget)
+    cfg = dataclasses.replace(cfg, downstream=dataclasses.replace(cfg.downstream, protocols=real, classifier=classifier))
+    validate(cfg)
+    res = step_downstream_experiment(cfg, args.work, splits, device, repeats=repeats,
+                                     exp_dir=args.work / f"n{size}_real_only_{budget}_steps", quiet=False)
+    rows = [r for r in res["summary"] if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
+    return [{**r, "protocol": f"{r['protocol']} ({budget} steps)", "steps": budget} for r in rows]
+
+
+def is_real_only(row: dict) -> bool:
+    return row["protocol"].split(" ")[0] in REAL_ONLY
+
+
+def compare_to_real_only(rows: list[dict]) -> list[dict]:
+    """Every row's paired difference to the plain baseline and to the best real-only row (over the subsets,
+    which every experiment takes in the same order), recomputed here because rows of the equal-budget run
+    were paired inside their own experiment."""
+    baseline = next((r for r in rows if r["protocol"] == "baseline"), None)
+    real = [r for r in rows if is_real_only(r)]
+    best = max(real, key=lambda r: r["mean"]) if real else None
+    out = []
+    for r in rows:
+        r = {**r, "real_only": is_real_only(r)}
+        if baseline is not None:
+            r["vs_baseline"] = None if r["protocol"] == "baseline" else \
+                paired_difference(r["values"], baseline["values"])
+        if best is not None and not r["real_only"]:
+            r["best_real_only"] = best["protocol"]
+            r["vs_best_real_only"] = paired_difference(r["values"], best["values"])
+        out.append(r)
+    return out
 
 
 def guidance_sweep(args, splits, judge, device) -> dict:
@@ -217,11 +269,10 @@ def verdicts(results: dict) -> dict:
         if not p:
             continue
         rows = {r["protocol"]: r for r in p["downstream"]}
-        real_best = max((k for k in REAL_ONLY if k in rows), key=lambda k: rows[k]["mean"])
-        syn_best = max((k for k in rows if k not in REAL_ONLY), key=lambda k: rows[k]["mean"])
+        real_best = max((k for k, r in rows.items() if is_real_only(r)), key=lambda k: rows[k]["mean"])
+        syn_best = max((k for k, r in rows.items() if not is_real_only(r)), key=lambda k: rows[k]["mean"])
         gap = rows[syn_best]["mean"] - rows[real_best]["mean"]
-        vs = rows[syn_best].get("vs_" + real_best) or (rows[syn_best].get("vs_baseline") if real_best == "baseline"
-                                                       else None)
+        vs = paired_difference(rows[syn_best]["values"], rows[real_best]["values"])
         ci = (vs or {}).get("ci_low"), (vs or {}).get("ci_high")
         met = (gap >= 0.02 and ci[0] is not None and ci[0] > 0) if size == "50" else gap >= 0
         out[size] = {"met": bool(met), "by": f"best synthetic {syn_best} {rows[syn_best]['mean']:.3f} vs best real-only "
@@ -237,8 +288,9 @@ def markdown(results: dict) -> str:
              f"{s['judge_real_test_accuracy']:.3f}); FD in its 128-d features against the real test split "
              f"(n={s['n_test']}), floor = real validation images at the same class counts. "
              f"{s['samples_per_class']} synthetic images per class. Downstream: small CNN [16,32,64], "
-             f"{s['classifier_steps']} steps of batch 64 for every protocol, mean ± std over 3 subsets, paired 95% "
-             "t interval.", "",
+             f"{s['classifier_steps']} steps of batch 64 per training stage (a row named '(N steps)' is a real-only "
+             f"protocol given the N steps of a two-stage one), synthetic ratio {s.get('synthetic_ratio', 1):g}, "
+             "mean ± std over 3 subsets, paired 95% t interval.", "",
              "| part | steps | syn/class | train min | cond. acc. | FD | floor | FD/floor | precision | recall | coverage "
              "| flagged |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -254,11 +306,16 @@ def markdown(results: dict) -> str:
         if size not in parts:
             continue
         lines += ["", f"## {size} images per class: balanced accuracy on the test split", "",
-                  "| protocol | mean ± std | vs baseline [95% CI] |", "|---|---|---|"]
+                  "| protocol | mean ± std | vs baseline [95% CI] | vs best real-only [95% CI] |", "|---|---|---|---|"]
+
+        def diff(d):
+            return "–" if not d or d.get("mean") is None else \
+                f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
         for r in parts[size]["downstream"]:
-            d = r.get("vs_baseline") or {}
-            diff = "–" if d.get("mean") is None else f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
-            lines.append(f"| {r['protocol']} | {r['mean']:.3f} ± {(r.get('std') or 0):.3f} | {diff} |")
+            best = f" ({r['best_real_only']})" if r.get("best_real_only") else ""
+            lines.append(f"| {r['protocol']} | {r['mean']:.3f} ± {(r.get('std') or 0):.3f} | "
+                         f"{diff(r.get('vs_baseline'))} | {diff(r.get('vs_best_real_only'))}{best} |")
     for part, sw in results.get("guidance_sweep", {}).items():
         lines += ["", f"## Guidance scale, part {part} ({sw['samples_per_class']} per class, mean over "
                   f"{sw['rows'][0]['n_generators']} generator(s))", "",
@@ -292,6 +349,9 @@ def main() -> None:
                          "per class) and only add downstream cells, e.g. a new protocol")
     ap.add_argument("--synthetic-ratio", type=float, default=1.0,
                     help="synthetic images added per real training image in the mixing protocols")
+    ap.add_argument("--equal-budget", choices=["auto", "off"], default="auto",
+                    help="auto: with a two-stage protocol (transfer) also run the real-only protocols at 2 x --steps, "
+                         "so the synthetic side is never measured against a real-only bar given fewer steps")
     ap.add_argument("--guidance-sweep", default="", metavar="W1,W2,...",
                     help="only rescore the generators already trained for --only at these guidance scales")
     ap.add_argument("--device", default="auto")
@@ -318,7 +378,8 @@ def main() -> None:
         .describe()["summary"] + " (steps per part in the table)",
         "judge": f"smallcnn {JUDGE.widths} ({JUDGE.steps} steps, seed {JUDGE_SEED}) on the real training split",
         "judge_real_test_accuracy": real_acc, "samples_per_class": args.samples_per_class,
-        "classifier_steps": args.steps, "device": device, "threads": threads, "torch": torch.__version__,
+        "classifier_steps": args.steps, "synthetic_ratio": args.synthetic_ratio, "device": device, "threads": threads,
+        "torch": torch.__version__,
         "platform": platform.platform(), "generator_settings": dataclasses.asdict(cfg.generator),
     }
     results.setdefault("parts", {})
