@@ -17,7 +17,6 @@ Writes benchmarks/results/segmentation_embryo_cpu.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -33,6 +32,19 @@ from synthmed.metrics.caption_accuracy import caption_accuracy
 from synthmed.metrics.segmenter import train_segmenter
 
 
+def embryo_splits(image_size: int):
+    """The embedded embryo set with its masks at ``image_size``: the data of every embryo segmentation benchmark."""
+    return load_dataset(DataConfig(image_size=image_size, masks=MaskConfig(embryo=True)))
+
+
+def real_caption_reference(seg, splits) -> dict:
+    """Caption accuracy of the real test images read by ``seg`` against their true masks' captions: the score
+    a perfect generator would get with this segmenter."""
+    rules = CaptionRules.from_config(CaptionConfig(), splits.train.mask_class_names)
+    return caption_accuracy(add_captions(splits.test, rules), seg, rules, real_test=splits.test,
+                            segmenter_info={"kind": "synthmed U-Net", "best_step": seg.history["best_step"]})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -43,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     t0 = time.perf_counter()
-    splits = load_dataset(DataConfig(image_size=args.image_size, masks=MaskConfig(embryo=True)))
+    splits = embryo_splits(args.image_size)
     data_s = time.perf_counter() - t0
     cfg = SegmentationConfig(steps=args.steps, seeds=args.seeds, protocols=["ratio-100:0"])
 
@@ -53,11 +65,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     seg = train_segmenter(splits.train, splits.val, cfg, seed=cfg.seeds[0])
-    rules = CaptionRules.from_config(CaptionConfig(), splits.train.mask_class_names)
-    test = add_captions(splits.test, rules)
-    reference = caption_accuracy(test, seg, rules, real_test=splits.test,
-                                 segmenter_info={"kind": "synthmed U-Net", "seed": cfg.seeds[0],
-                                                 "best_step": seg.history["best_step"]})
+    reference = real_caption_reference(seg, splits)
     caption_s = time.perf_counter() - t0
 
     row = experiment["summary"]["ratio-100:0"]

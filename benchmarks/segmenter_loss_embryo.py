@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from synthmed.config import CaptionConfig, DataConfig, MaskConfig, SegmentationConfig
-from synthmed.data import load_dataset
-from synthmed.data.captions import CaptionRules, mask_levels
-from synthmed.metrics.caption_accuracy import compare_levels
+from segmentation_embryo import embryo_splits, real_caption_reference
+
+from synthmed.config import SegmentationConfig
 from synthmed.files import atomic_write_json
 from synthmed.metrics.segmenter import train_segmenter
 
@@ -41,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    splits = load_dataset(DataConfig(image_size=args.image_size, masks=MaskConfig(embryo=True)))
+    splits = embryo_splits(args.image_size)
     out = {"what": __doc__.split("\n")[0], "platform": platform.platform(), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "image_size": args.image_size, "seed": args.seed,
            "data": {k: len(getattr(splits, k)) for k in ("train", "val", "test")},
@@ -55,9 +54,7 @@ def main() -> None:
         scores = seg.evaluate(splits.test)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         # caption accuracy's real-test reference: true masks' captions vs captions rebuilt from this segmenter
-        rules = CaptionRules.from_config(CaptionConfig(), splits.test.mask_class_names)
-        ref = compare_levels([mask_levels(m, rules) for m in splits.test.masks],
-                             [mask_levels(m, rules) for m in seg.predict(splits.test)], rules.class_names)
+        ref = real_caption_reference(seg, splits)
         h = seg.history
         out["variants"][v] = {"widths": list(cfg.widths), "loss": loss, "class_weighting": cfg.class_weighting, "steps": cfg.steps,
                               "dice": scores["dice"], "iou": scores["iou"], "mean_dice": scores["mean_dice"],
