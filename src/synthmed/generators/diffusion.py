@@ -47,7 +47,7 @@ from synthmed.generators.denoisers import (PretrainedError, build_denoiser, deno
 from synthmed.generators.formulation import build_formulation
 from synthmed.generators.networks import count_parameters
 from synthmed.generators.training_conditions import TrainingConditions, flip_variants, one_hot_masks, pad_tokens
-from synthmed.runtime import bf16_supported
+from synthmed.runtime import bf16_supported, sampling_batch_size
 
 
 #: under generator.budget_minutes the autoencoder (trained first) may use at most this share of the
@@ -451,8 +451,9 @@ class DiffusionGenerator(Generator):
 
         ``guidance`` w follows diffusers: eps = eps_uncond + w (eps_cond - eps_uncond); w = 1 is
         purely conditional (one network pass per step), w > 1 sharpens class identity.
-        The initial noise of every image is drawn from ``seed`` up front, so the same seed gives
-        the same images whatever the batch size.
+        The initial noise of every image is drawn from ``seed`` up front, so with a deterministic
+        sampler (dpmsolver++, ddim) the same seed gives the same images whatever the batch size
+        (default: ``runtime.sampling_batch_size``, 64 on a CPU, 256 on a GPU).
 
         A mask- or caption-conditional generator takes, for each image, the mask and caption of a
         training image of its class (drawn from ``seed``; see training_conditions.py) unless ``masks``
@@ -466,7 +467,7 @@ class DiffusionGenerator(Generator):
         w = self.cfg.guidance if guidance is None else float(guidance)
         steps = steps or self.cfg.sample_steps
         sampler = sampler or self.cfg.sampler
-        bs = batch_size or 256
+        bs = batch_size or sampling_batch_size(self.device)
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((len(labels), *self.model_shape), generator=gen)
         out = {}

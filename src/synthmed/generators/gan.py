@@ -414,7 +414,7 @@ class GANGenerator(Generator):
             raise GeneratorError(f"a {self.kind} GAN samples in one pass: sampler/steps do not apply "
                                  f"(got sampler={sampler!r}, steps={steps!r})")
         labels = counts_to_labels(counts, self.num_classes)
-        bs = batch_size or 256
+        bs = batch_size or runtime.sampling_batch_size(self.device)
         g = torch.Generator().manual_seed(seed)
         z = torch.randn((len(labels), self._noise_dim()), generator=g)
         psi = self._truncation()
