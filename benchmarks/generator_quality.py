@@ -10,14 +10,14 @@ trained once on the real training split, never used to select or tune anything),
 the real test split next to the same-N real floor (real validation images drawn at the synthetic
 set's class counts vs the same test split) and their ratio, precision / recall / coverage, and the
 memorisation audit's flags. For the subsets also the downstream protocols baseline, traditional,
-mix and mix-traditional (``--protocols`` adds e.g. transfer), every classifier at the same optimizer-step
+mix, mix-traditional and transfer (``--protocols`` to choose), every classifier at the same optimizer-step
 budget, early-stopped on the real validation split, scored on the full test split, with paired 95% t
 intervals over the 3 subsets. A two-stage protocol (transfer: pretrain on synthetic, fine-tune on real)
 may spend twice the steps, so the real-only protocols are then also run at twice the budget and the
 best real-only row over both budgets is the bar (``--equal-budget off`` skips this).
 
     python benchmarks/generator_quality.py --only full          # ~35 min on 2 CPU cores (generator 30 min)
-    python benchmarks/generator_quality.py --only 50            # 3 generators + 12 classifiers
+    python benchmarks/generator_quality.py --only 50            # 3 generators, 5 protocols x 3 subsets x 3 seeds
     python benchmarks/generator_quality.py --only 200
     python benchmarks/generator_quality.py --only 50 --synthetic-ratio 6 --protocols baseline,traditional,transfer
     python benchmarks/generator_quality.py --only 50 --guidance-sweep 1,1.5,2,3   # rescore trained ones
@@ -56,7 +56,8 @@ from synthmed.pipeline import step_downstream_experiment
 from synthmed.runtime import resolve_device, set_threads
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
-PROTOCOLS = ["baseline", "traditional", "mix", "mix-traditional"]
+#: the issue's four protocols and transfer (pretrain on synthetic, fine-tune on real): the best synthetic one so far
+PROTOCOLS = ["baseline", "traditional", "mix", "mix-traditional", "transfer"]
 #: protocols that use no synthetic image: the bar every synthetic protocol is measured against
 REAL_ONLY = ("baseline", "traditional")
 #: the independent judge: never used for selection or tuning, only to score
