@@ -40,9 +40,9 @@ def seed_everything(seed: int) -> None:
 
 
 def sampling_batch_size(device: str) -> int:
-    """Images per network call when generating. On a CPU a batch of 64 keeps the activations in cache:
-    1.55x the images/s of 256 at one thread (pixel28 U-Net, benchmarks/sample_batch.py); a GPU wants
-    large batches."""
+    """Images per network call when generating. On a CPU a small batch keeps the activations in cache:
+    64 gave 1.7x the images/s of 256 at one thread (pixel28 U-Net, benchmarks/sample_batch.py; 32 gave
+    2.1x, but more threads need more work per call, so 64). A GPU wants large batches."""
     return 64 if str(device) == "cpu" else 256
 
 
