@@ -176,6 +176,7 @@ def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
     summary = compare_to_real_only(summary + equal_budget_rows(args, cfg, splits, device, repeats, size))
     return {"seconds": time.time() - t0, "downstream": summary, "generators": per_subset,
             "generator_steps": args.subset_steps, "samples_per_class": args.samples_per_class,
+            "synthetic_ratio": args.synthetic_ratio, "threads": torch.get_num_threads(),
             "mean": {k: float(np.mean([s[k] for s in per_subset])) for k in
                      ("conditional_accuracy", "fd", "fd_real_floor", "fd_ratio", "precision", "recall", "coverage",
                       "train_seconds")}}
@@ -290,7 +291,7 @@ def markdown(results: dict) -> str:
              f"(n={s['n_test']}), floor = real validation images at the same class counts. "
              f"{s['samples_per_class']} synthetic images per class. Downstream: small CNN [16,32,64], "
              f"{s['classifier_steps']} steps of batch 64 per training stage (a row named '(N steps)' is a real-only "
-             f"protocol given the N steps of a two-stage one), synthetic ratio {s.get('synthetic_ratio', 1):g}, "
+             "protocol given the N steps of a two-stage one), synthetic images per real one as each part says, "
              "mean ± std over 3 subsets, paired 95% t interval.", "",
              "| part | steps | syn/class | train min | cond. acc. | FD | floor | FD/floor | precision | recall | coverage "
              "| flagged |",
@@ -306,7 +307,9 @@ def markdown(results: dict) -> str:
     for size in ("50", "200"):
         if size not in parts:
             continue
-        lines += ["", f"## {size} images per class: balanced accuracy on the test split", "",
+        ratio = parts[size].get("synthetic_ratio")
+        lines += ["", f"## {size} images per class: balanced accuracy on the test split"
+                  + (f" (synthetic ratio {ratio:g})" if ratio is not None else ""), "",
                   "| protocol | mean ± std | vs baseline [95% CI] | vs best real-only [95% CI] |", "|---|---|---|---|"]
 
         def diff(d):
