@@ -41,9 +41,9 @@ def seed_everything(seed: int) -> None:
 
 def sampling_batch_size(device: str) -> int:
     """Images per network call when generating. On a CPU a small batch keeps the activations in cache:
-    64 gave 1.7x the images/s of 256 at one thread (pixel28 U-Net, benchmarks/sample_batch.py; 32 gave
-    2.1x, but more threads need more work per call, so 64). A GPU wants large batches."""
-    return 64 if str(device) == "cpu" else 256
+    32 gave 2.1x the images/s of 256 at one thread and 2.0x at two (pixel28 U-Net,
+    benchmarks/sample_batch.py). A GPU wants large batches."""
+    return 32 if str(device) == "cpu" else 256
 
 
 def bf16_supported(device: str) -> bool:

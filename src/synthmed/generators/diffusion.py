@@ -453,7 +453,7 @@ class DiffusionGenerator(Generator):
         purely conditional (one network pass per step), w > 1 sharpens class identity.
         The initial noise of every image is drawn from ``seed`` up front, so with a deterministic
         sampler (dpmsolver++, ddim) the same seed gives the same images whatever the batch size
-        (default: ``runtime.sampling_batch_size``, 64 on a CPU, 256 on a GPU).
+        (default: ``runtime.sampling_batch_size``, 32 on a CPU, 256 on a GPU).
 
         A mask- or caption-conditional generator takes, for each image, the mask and caption of a
         training image of its class (drawn from ``seed``; see training_conditions.py) unless ``masks``
