@@ -17,7 +17,7 @@ may spend twice the steps, so the real-only protocols are then also run at twice
 best real-only row over both budgets is the bar (``--equal-budget off`` skips this).
 
     python benchmarks/generator_quality.py --only full          # ~35 min on 2 CPU cores (generator 30 min)
-    python benchmarks/generator_quality.py --only 50            # 3 generators, 5 protocols x 3 subsets x 3 seeds
+    python benchmarks/generator_quality.py --only 50            # 3 generators, 5 protocols x 3 subsets (one seed each)
     python benchmarks/generator_quality.py --only 200
     python benchmarks/generator_quality.py --only 50 --synthetic-ratio 6 --protocols baseline,traditional,transfer
     python benchmarks/generator_quality.py --only 50 --guidance-sweep 1,1.5,2,3   # rescore trained ones
