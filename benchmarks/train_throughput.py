@@ -59,13 +59,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train_step_flops(unet, x, t, y) -> int:
+def train_step_flops(denoiser, x, t, y) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        out = unet(x, t, class_labels=y).sample
+        out = denoiser(x, t, y)
         F.mse_loss(out, x).backward()
-    unet.zero_grad(set_to_none=True)
+    denoiser.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
@@ -213,7 +213,7 @@ def main() -> None:
     t0 = time.perf_counter()
     gen.sample([args.sample_n // 3 + 1] * 3, seed=0, progress=False)
     ours_sample = 3 * (args.sample_n // 3 + 1) / (time.perf_counter() - t0)
-    ref_sample = reference_sampling(gen.ema, g, args.sample_n // 4, gen.model_shape, ds.num_classes, device)
+    ref_sample = reference_sampling(gen.ema.net, g, args.sample_n // 4, gen.model_shape, ds.num_classes, device)
 
     result.update({
         "num_parameters": sum(p.numel() for p in gen.unet.parameters()),

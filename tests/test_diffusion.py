@@ -327,3 +327,49 @@ def test_compiled_training_matches_eager_training():
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:
         torch.testing.assert_close(runs[0][k], runs[1][k], rtol=1e-3, atol=1e-4)
+
+
+def _drawn_batches(cfg, train):
+    gen = DiffusionGenerator(cfg, image_size=train.image_size, channels=1, class_names=train.class_names)
+    drawn, real_loss = [], gen.formulation.loss
+
+    def spy(net, x0, y, g):
+        drawn.append(x0[y == 2].clone())  # the stripe images (condition dropout hides a few: no matter)
+        return real_loss(net, x0, y, g)
+
+    gen.formulation.loss = spy
+    gen.fit(train, progress=False)
+    return torch.cat(drawn)
+
+
+def test_transpose_turns_the_training_images_and_is_off_by_default():
+    """generator.transpose: each training image is transposed with that probability (1: all of them);
+    at 0 no batch ever holds a transposed image. Horizontal stripes transposed are vertical stripes, so
+    the rows (not the columns) of every drawn stripe image become constant."""
+    stripes = tiny_set(16, size=8)  # class 2: horizontal stripes
+    base = dict(train_steps=6, batch_size=24, hflip=0.0, vflip=0.0)
+
+    def along(x, dim):  # mean spread of pixel values along rows (dim -1) or along columns (dim -2)
+        return float(x.std(dim=dim).mean())
+
+    plain = _drawn_batches(tiny_cfg(**base), stripes)
+    turned = _drawn_batches(tiny_cfg(transpose=1.0, **base), stripes)
+    assert along(plain, -1) < 0.2 < along(plain, -2)  # horizontal stripes: constant along each row
+    assert along(turned, -2) < 0.2 < along(turned, -1)  # transposed: constant along each column
+    half = _drawn_batches(tiny_cfg(transpose=0.5, **dict(base, train_steps=20)), stripes)
+    vertical = (half.std(dim=-2).mean(dim=(1, 2)) < 0.2).float().mean()
+    assert 0.3 < float(vertical) < 0.7
+
+
+def test_flip_and_transpose_variants_are_the_eight_symmetries_of_the_square():
+    from synthmed.generators.training_conditions import apply_variant, flip_variants
+
+    x = torch.arange(16.0).view(1, 4, 4)  # no symmetry: every variant differs
+    variants = flip_variants(0.5, 0.5, 0.5)
+    images = {tuple(apply_variant(x, *v).flatten().tolist()) for v in variants}
+    assert len(variants) == 8 and len(images) == 8
+    rotations = {tuple(torch.rot90(x, k, dims=(-2, -1)).flatten().tolist()) for k in range(4)}
+    assert rotations <= images
+    assert flip_variants(0.5, 0.5) == [(h, v, False) for h, v in [(False, False), (True, False), (False, True),
+                                                                   (True, True)]]
+    assert len(flip_variants(0.0, 0.0, 0.5)) == 2

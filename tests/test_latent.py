@@ -4,6 +4,8 @@ judge says how much class information survives the autoencoder."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -302,3 +304,18 @@ def test_pipeline_records_the_judged_reconstructions_in_the_generator(judge, tmp
     assert load_generator(tmp_path / "generator").history["autoencoder"]["reconstruction_judge"] == res
     pixel = make(DiffusionConfig(block_out_channels=[16, 16], train_steps=1, warmup_steps=1), splits.train)
     assert step_reconstruction(tmp_path / "p", pixel, splits, DomainExtractor.from_classifier(judge), quiet=True) is None
+
+
+def test_transpose_adds_the_four_transposed_latent_variants():
+    """With generator.transpose on, the latents are encoded once per rotation/reflection (8 with both
+    flips), and variant k is the encoding of the image in flip_variants()[k]."""
+    from synthmed.generators.training_conditions import apply_variant, flip_variants
+
+    ds = toy(3, seed=0)
+    gen = make(dataclasses.replace(latent_cfg(), hflip=0.5, vflip=0.5, transpose=0.5), ds)
+    latents, _, n_variants = gen._training_tensors(ds, None, progress=False)
+    assert n_variants == 8 and latents.shape[0] == 8
+    x, _ = ds.to_tensor()
+    for k, variant in enumerate(flip_variants(0.5, 0.5, 0.5)):
+        torch.testing.assert_close(latents[k], gen.autoencoder.encode(apply_variant(x, *variant)).cpu())
+    gen.fit(ds, progress=False)  # and the loop trains on them

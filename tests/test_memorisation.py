@@ -143,3 +143,17 @@ def test_diffusion_trained_long_on_20_images_is_caught():
     assert memorised["overall"]["fraction_flagged"] >= 0.3
     assert barely["overall"]["fraction_flagged"] <= 0.05
 
+
+
+def test_a_quarter_turned_copy_is_an_exact_copy():
+    """A generator trained with transposes can return a training image turned by 90 degrees: the audit
+    matches all 8 rotations and reflections, so it is flagged as an exact copy."""
+    rng = np.random.default_rng(0)
+    train = ImageDataset(rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8), np.zeros(12, int), ["a"])
+    turned = np.rot90(train.images[:3], k=1, axes=(1, 2)).copy()
+    fresh = rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    syn = ImageDataset(np.concatenate([turned, fresh]), np.zeros(8, int), ["a"])
+    rep = memorisation_audit(train, syn, reference_size=None)
+    assert rep["overall"]["n_exact_copies"] == 3
+    assert rep["per_image"]["flagged"][:3].all() and not rep["per_image"]["flagged"][3:].any()
+    assert {"rot90", "rot270", "transpose", "antitranspose"} <= set(rep["flips"])

@@ -206,6 +206,9 @@ class DiffusionConfig:
     ema_decay: float = 0.995
     hflip: float = 0.5
     vflip: float = 0.5
+    #: probability of swapping rows and columns (square images): with both flips at 0.5 and this at 0.5 every
+    #: one of the 8 rotations and reflections is equally likely; for data with no orientation (cells, embryos)
+    transpose: float = 0.0
     #: "dpmsolver++", "ddim" or "ddpm"
     sampler: str = "dpmsolver++"
     sample_steps: int = 20
@@ -782,7 +785,7 @@ RULES: dict[type, dict[str, Range | Choice | Each]] = {
         "loss_weighting": Choice(("uniform", "min_snr")), "min_snr_gamma": POSITIVE, "sigma_data": POSITIVE,
         "edm_p_std": POSITIVE, "edm_sigma_min": POSITIVE, "edm_sigma_max": POSITIVE, "cond_dropout": FRACTION, "lr": POSITIVE,
         "warmup_steps": AT_LEAST_0, "weight_decay": AT_LEAST_0, "batch_size": AT_LEAST_1, "train_steps": AT_LEAST_1,
-        "ema_decay": FRACTION, "hflip": PROBABILITY, "vflip": PROBABILITY, "class_balance": Range(0, 1),
+        "ema_decay": FRACTION, "hflip": PROBABILITY, "vflip": PROBABILITY, "transpose": PROBABILITY, "class_balance": Range(0, 1),
         "sampler": Choice(("dpmsolver++", "ddim", "ddpm")), "sample_steps": AT_LEAST_1, "guidance": AT_LEAST_0,
         "checkpoint_every": AT_LEAST_0, "log_every": AT_LEAST_1,
         "budget_minutes": POSITIVE, "guidance_candidates": Each(AT_LEAST_0), "guidance_samples_per_class": AT_LEAST_1,

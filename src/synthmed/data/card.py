@@ -53,7 +53,7 @@ KNOWN_LIMITS = (
 _SAMPLING_KEYS = ("sampler", "steps", "guidance", "seed", "seconds", "images_per_second")
 #: generator settings worth a line in card.md (the full config is in card.json)
 _SETTING_KEYS = ("space", "block_out_channels", "num_train_timesteps", "prediction_type", "train_steps",
-                 "batch_size", "lr", "cond_dropout", "ema_decay", "hflip", "vflip",
+                 "batch_size", "lr", "cond_dropout", "ema_decay", "hflip", "vflip", "transpose",
                  # GAN kinds (r3gan, progan)
                  "widths", "train_kimg", "burn_in", "gamma_start", "gamma_end", "aug_end", "phase_kimg", "gp_lambda")
 

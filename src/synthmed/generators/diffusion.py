@@ -46,7 +46,8 @@ from synthmed.generators.denoisers import (PretrainedError, build_denoiser, deno
                                            load_pretrained_denoiser)
 from synthmed.generators.formulation import build_formulation
 from synthmed.generators.networks import count_parameters
-from synthmed.generators.training_conditions import TrainingConditions, flip_variants, one_hot_masks, pad_tokens
+from synthmed.generators.training_conditions import (TrainingConditions, apply_variant, flip_variants, one_hot_masks,
+                                                      pad_tokens)
 from synthmed.runtime import bf16_supported, sampling_batch_size
 
 
@@ -170,7 +171,8 @@ class DiffusionGenerator(Generator):
             self.unet, self.ema = net, copy.deepcopy(net).requires_grad_(False)
         self.conditions = conds
 
-    def _condition(self, labels: torch.Tensor, idx: torch.Tensor, *, flip_h=None, flip_v=None) -> Condition:
+    def _condition(self, labels: torch.Tensor, idx: torch.Tensor, *, flip_h=None, flip_v=None,
+                   transpose=None) -> Condition:
         """The training batch's condition: labels, plus the masks (flipped as their images) and captions of
         training images ``idx``."""
         conds = self.conditions
@@ -178,7 +180,8 @@ class DiffusionGenerator(Generator):
             return Condition(labels=labels)
         size = self.model_shape[1]
         return Condition(labels=labels, context=conds.context_batch(idx, self.device), context_null=conds.context_null,
-                         mask=conds.mask_batch(idx, size, flip_h=flip_h, flip_v=flip_v, device=self.device))
+                         mask=conds.mask_batch(idx, size, flip_h=flip_h, flip_v=flip_v, transpose=transpose,
+                                                         device=self.device))
 
     def _net(self, x: torch.Tensor, t: torch.Tensor, y) -> torch.Tensor:
         return self.unet(x, t, as_condition(y))
@@ -207,14 +210,8 @@ class DiffusionGenerator(Generator):
                            val_fingerprint=val_fingerprint, seed=self.seed, progress=progress)
         elif not ae.history and val is not None and len(val):
             ae.history = {"reconstruction": ae.reconstruction_quality(val.to_tensor()[0]), "pretrained": True}
-        variants = [x]
-        if self.cfg.hflip > 0:
-            variants.append(x.flip(-1))
-        if self.cfg.vflip > 0:
-            variants.append(x.flip(-2))
-        if self.cfg.hflip > 0 and self.cfg.vflip > 0:
-            variants.append(x.flip(-1).flip(-2))
-        latents = torch.stack([ae.encode(v).cpu() for v in variants])  # (V, N, c, s, s)
+        variants = flip_variants(self.cfg.hflip, self.cfg.vflip, self.cfg.transpose)
+        latents = torch.stack([ae.encode(apply_variant(x, *v)).cpu() for v in variants])  # (V, N, c, s, s)
         return latents, y, len(variants)
 
     def _draw_weights(self, labels: torch.Tensor) -> torch.Tensor:
@@ -269,7 +266,8 @@ class DiffusionGenerator(Generator):
         params = list(self.unet.parameters())
         bs = min(cfg.batch_size, n)
         draw_weights = self._draw_weights(labels) if cfg.class_balance > 0 else None
-        variant_flips = torch.tensor(flip_variants(cfg.hflip, cfg.vflip))  # (V, 2): h/v flip of each latent variant
+        # (V, 3): h flip, v flip, transpose of each latent variant
+        variant_flips = torch.tensor(flip_variants(cfg.hflip, cfg.vflip, cfg.transpose))
         # several ranks: the global batch bs is drawn on every rank, each runs the U-Net on its rows
         world = distributed.world()
         rows = distributed.shard_rows(bs) if world.active else None
@@ -296,7 +294,7 @@ class DiffusionGenerator(Generator):
             else:
                 idx = torch.multinomial(draw_weights, bs, replacement=True, generator=gen)
             y = labels[idx]
-            flip_h = flip_v = None
+            flip_h = flip_v = transposed = None
             if n_variants is None:
                 x0 = data[idx]
                 if cfg.hflip > 0:
@@ -305,17 +303,21 @@ class DiffusionGenerator(Generator):
                 if cfg.vflip > 0:
                     flip_v = (torch.rand(bs, generator=gen) < cfg.vflip).to(dev)
                     x0 = torch.where(flip_v[:, None, None, None], x0.flip(-2), x0)
+                if cfg.transpose > 0:  # drawn only when on, so runs without it keep their random stream
+                    transposed = (torch.rand(bs, generator=gen) < cfg.transpose).to(dev)
+                    x0 = torch.where(transposed[:, None, None, None], x0.transpose(-1, -2), x0)
             else:
                 # latents were encoded once per flip variant; pick a variant per image
                 v = torch.randint(0, n_variants, (bs,), generator=gen)
                 x0 = data[v, idx].to(dev)
                 if self.conditions is not None:  # the masks get the flips of their latents' variants
-                    flip_h, flip_v = variant_flips[v, 0], variant_flips[v, 1]
+                    flip_h, flip_v, transposed = variant_flips[v, 0], variant_flips[v, 1], variant_flips[v, 2]
             drop = (torch.rand(bs, generator=gen) < cfg.cond_dropout).to(dev)
             if self.conditions is None:
                 y = torch.where(drop, torch.full_like(y, self.num_classes), y)
             else:  # label, mask and caption dropped together: guidance's null is every part's own null
-                y = self._condition(y, idx, flip_h=flip_h, flip_v=flip_v).drop(drop, self.num_classes)
+                cond = self._condition(y, idx, flip_h=flip_h, flip_v=flip_v, transpose=transposed)
+                y = cond.drop(drop, self.num_classes)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast), \
                     distributed.swapped(self, "unet", train_unet):
                 loss = self.formulation.loss(train_net, x0, y, gen, **({} if rows is None else {"rows": rows}))

@@ -27,16 +27,29 @@ import torch.nn.functional as F
 from synthmed.data.dataset import ImageDataset
 from synthmed.generators.base import GeneratorError
 
-def flip_variants(hflip: float, vflip: float) -> list[tuple[bool, bool]]:
-    """(horizontal, vertical) flip of each variant a latent generator encodes, in the order it stacks them."""
-    variants = [(False, False)]
+def flip_variants(hflip: float, vflip: float, transpose: float = 0.0) -> list[tuple[bool, bool, bool]]:
+    """(horizontal flip, vertical flip, transpose) of each variant a latent generator encodes, in the order
+    it stacks them; a variant flips first, then transposes."""
+    flips = [(False, False)]
     if hflip > 0:
-        variants.append((True, False))
+        flips.append((True, False))
     if vflip > 0:
-        variants.append((False, True))
+        flips.append((False, True))
     if hflip > 0 and vflip > 0:
-        variants.append((True, True))
+        flips.append((True, True))
+    variants = [(h, v, False) for h, v in flips]
+    if transpose > 0:
+        variants += [(h, v, True) for h, v in flips]
     return variants
+
+
+def apply_variant(x: torch.Tensor, flip_h: bool, flip_v: bool, transpose: bool) -> torch.Tensor:
+    """``x`` (..., H, W) in one variant of :func:`flip_variants`: flipped, then transposed."""
+    if flip_h:
+        x = x.flip(-1)
+    if flip_v:
+        x = x.flip(-2)
+    return x.transpose(-1, -2) if transpose else x
 
 
 def one_hot_masks(masks: torch.Tensor, num_mask_classes: int, size: int) -> torch.Tensor:
@@ -125,9 +138,10 @@ class TrainingConditions:
 
     # ------------------------------------------------------------------ per batch
     def mask_batch(self, idx: torch.Tensor, size: int, *, flip_h: torch.Tensor | None = None,
-                   flip_v: torch.Tensor | None = None, device: str = "cpu") -> torch.Tensor | None:
-        """One-hot masks (B, M, size, size) of training images ``idx``; ``flip_h`` / ``flip_v`` (B,) bool: the
-        images that were flipped (their masks are flipped the same way)."""
+                   flip_v: torch.Tensor | None = None, transpose: torch.Tensor | None = None,
+                   device: str = "cpu") -> torch.Tensor | None:
+        """One-hot masks (B, M, size, size) of training images ``idx``; ``flip_h`` / ``flip_v`` / ``transpose``
+        (B,) bool: the images that were flipped, then transposed (their masks get the same)."""
         if self.masks is None:
             return None
         m = torch.from_numpy(self.masks[idx.cpu().numpy()]).to(device)
@@ -135,6 +149,8 @@ class TrainingConditions:
             m = torch.where(flip_h.to(device)[:, None, None], m.flip(-1), m)
         if flip_v is not None:
             m = torch.where(flip_v.to(device)[:, None, None], m.flip(-2), m)
+        if transpose is not None:
+            m = torch.where(transpose.to(device)[:, None, None], m.transpose(-1, -2), m)
         return one_hot_masks(m, self.num_mask_classes, size)
 
     def context_batch(self, idx: torch.Tensor, device: str = "cpu") -> torch.Tensor | None:
@@ -178,4 +194,4 @@ class TrainingConditions:
         return out
 
 
-__all__ = ["TrainingConditions", "one_hot_masks", "pad_tokens", "flip_variants"]
+__all__ = ["TrainingConditions", "one_hot_masks", "pad_tokens", "flip_variants", "apply_variant"]

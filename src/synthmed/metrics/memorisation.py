@@ -3,8 +3,9 @@
 For every synthetic image we find its nearest training image, in pixel space (L2 on [0, 1] floats,
 flattened) and, when an extractor is given, in feature space; both over all classes (a copy is a
 leak whatever label it carries) and within the sample's own class (reported). Pixel matching also
-tries the flipped (horizontal, vertical, both) training images by default, because generators are
-trained with flip augmentation and a memorised image often comes back mirrored.
+tries every rotation and reflection of the training images by default (flipped horizontally,
+vertically, both, and those four transposed), because generators are trained with flip (and
+transpose) augmentation and a memorised image often comes back mirrored or turned.
 
 Rule (one per space): a synthetic image is a near-copy when
 
@@ -46,12 +47,17 @@ DEFAULT_QUANTILE = 0.5
 DEFAULT_FRACTION = 0.5
 #: training images whose nearest-other-image distances form the reference distribution
 DEFAULT_REFERENCE_SIZE = 2000
-#: flip variants matched in pixel space: name -> function of an (N, H, W, C) array
+#: rotations and reflections matched in pixel space: name -> function of an (N, H, W, C) array (square images)
 _FLIPS = {
     "none": lambda x: x,
     "hflip": lambda x: x[:, :, ::-1],
     "vflip": lambda x: x[:, ::-1],
     "hvflip": lambda x: x[:, ::-1, ::-1],
+    # the transposed four complete the 8 rotations and reflections (generator.transpose trains on them)
+    "transpose": lambda x: x.transpose(0, 2, 1, 3),
+    "rot90": lambda x: x[:, :, ::-1].transpose(0, 2, 1, 3),
+    "rot270": lambda x: x[:, ::-1].transpose(0, 2, 1, 3),
+    "antitranspose": lambda x: x[:, ::-1, ::-1].transpose(0, 2, 1, 3),
 }
 
 
@@ -126,7 +132,7 @@ def memorisation_audit(train: ImageDataset, synthetic: ImageDataset, extractor=N
     """Audit ``synthetic`` for copies of ``train`` images; see the module docstring for the rule.
 
     ``extractor``: optional feature extractor (``.extract(ds) -> (N, d)``, ``.describe()``) adding a
-    feature-space check; ``flips``: also match flipped training images in pixel space; ``worst``:
+    feature-space check; ``flips``: also match the rotated and reflected training images in pixel space; ``worst``:
     how many of the most copy-like pairs to list (for :func:`worst_pairs_grid`); ``reference_size``:
     the real-to-real reference distribution is measured on this many randomly chosen training images
     (each against ALL other training images; seeded, so repeatable), ``None`` = every training image.
