@@ -24,7 +24,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from synthmed.classifiers import classification_metrics, train_classifier
 from synthmed.config import load_config

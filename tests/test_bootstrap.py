@@ -67,7 +67,6 @@ def test_bad_arguments():
 from synthmed.metrics.bootstrap import subsample_ci  # noqa: E402
 from synthmed.metrics.evaluate import BIAS_CORRECTION_MIN_PER_DIM, _feature_row  # noqa: E402
 from synthmed.metrics.fid import frechet_distance, frechet_distance_from_features  # noqa: E402
-from synthmed.metrics.kid import mmd2_unbiased, polynomial_kernel  # noqa: E402
 
 
 def gaussian_pair(d: int, seed: int = 0):

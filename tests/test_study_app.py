@@ -198,7 +198,8 @@ def test_a_repeated_answer_is_refused_and_the_first_is_kept(study):
 
 
 def test_order_is_per_reader_and_answering_resumes_where_the_reader_stopped(study):
-    r1, r2 = client_for(study, "r1"), client_for(study, "r2")
+    r1 = client_for(study, "r1")
+    client_for(study, "r2")  # signs reader r2 in: their task order exists from then on
     with db.connect(study.folder) as con:
         orders = [[r[0] for r in con.execute("SELECT image_id FROM tasks WHERE reader_id = ? ORDER BY position", (i,))]
                   for i in (1, 2)]

@@ -4,7 +4,6 @@ and the one-line errors."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import warnings
 

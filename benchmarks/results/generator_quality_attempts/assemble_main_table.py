@@ -1,7 +1,7 @@
 """Assemble benchmarks/results/generator_quality_cpu.{json,md} from the runs each part was measured in (run from the
 repository root): full from the first run, 50 from the ratio-3 attempt with its equal-budget rows (the real-only
 experiment at 1000 steps on the same subsets and seeds), 200 from the transfer200 attempt."""
-import json, sys, subprocess
+import json, sys
 sys.path.insert(0, "benchmarks")
 import generator_quality as gq
 R = gq.Path("benchmarks/results")

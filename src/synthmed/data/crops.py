@@ -26,7 +26,7 @@ from PIL import Image
 
 from .dataset import DataError
 from .export import _safe_name
-from .roi import BoxRecord, clip_box, crop_box, read_box_table
+from .roi import clip_box, crop_box, read_box_table
 from .sources import CROP_COLUMNS, read_image
 
 #: why a box gave no crop, in the order the checks run

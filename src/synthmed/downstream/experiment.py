@@ -26,7 +26,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from synthmed.classifiers import classification_metrics, train_classifier

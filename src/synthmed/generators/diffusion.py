@@ -40,7 +40,7 @@ from synthmed.data.storage import LazyImages, training_images
 from synthmed.data.text import DEFAULT_ENCODER
 from synthmed.generators.autoencoder import LatentAutoencoder
 from synthmed.files import atomic_torch_save
-from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
+from synthmed.generators.base import Generator, GeneratorError, counts_to_labels
 from synthmed.generators.conditioning import Condition, as_condition
 from synthmed.generators.denoisers import (PretrainedError, build_denoiser, denoiser_from_arch, legacy_state_dict,
                                            load_pretrained_denoiser)

@@ -33,7 +33,7 @@ from synthmed import distributed, runtime
 from synthmed.data.dataset import ImageDataset
 from synthmed.data.storage import training_images
 from synthmed.files import atomic_torch_save
-from synthmed.generators.base import CHECKPOINT, Generator, GeneratorError, counts_to_labels
+from synthmed.generators.base import Generator, GeneratorError, counts_to_labels
 from synthmed.generators.monitor import FDMonitor
 from synthmed.generators.networks import count_parameters
 from synthmed.generators.schedules import ema_beta
@@ -275,7 +275,7 @@ class GANGenerator(Generator):
         self.G.train()
         self.D.train()
         t_start, fit_start = time.time(), runtime.clock()
-        first_step, timer = self.step, distributed.SharedStepTimer(exact=not decided)
+        timer = distributed.SharedStepTimer(exact=not decided)
         bar = tqdm(total=math.ceil(self._total_images() / bs), initial=self.step, desc=self.kind,
                    disable=not progress or not distributed.is_main())
         running: dict[str, float] = {}
