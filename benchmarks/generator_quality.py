@@ -172,7 +172,8 @@ def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
         if i == 0:
             save_grid(syn, args.grids / f"generator_quality_{size}.png")
             save_pairs(audit, sub, syn, args.grids / f"generator_quality_{size}_memorisation.png")
-    summary = [r for r in res["summary"] if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
+    summary = [{**r, "real_only": r["protocol"] in REAL_ONLY} for r in res["summary"]
+               if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
     summary = compare_to_real_only(summary + equal_budget_rows(args, cfg, splits, device, repeats, size))
     return {"seconds": time.time() - t0, "downstream": summary, "generators": per_subset,
             "generator_steps": args.subset_steps, "samples_per_class": args.samples_per_class,
@@ -200,11 +201,12 @@ def equal_budget_rows(args, cfg, splits, device, repeats, size: int) -> list[dic
     res = step_downstream_experiment(cfg, args.work, splits, device, repeats=repeats,
                                      exp_dir=args.work / f"n{size}_real_only_{budget}_steps", quiet=False)
     rows = [r for r in res["summary"] if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
-    return [{**r, "protocol": f"{r['protocol']} ({budget} steps)", "steps": budget} for r in rows]
+    return [{**r, "protocol": f"{r['protocol']} ({budget} steps)", "steps": budget, "real_only": True} for r in rows]
 
 
 def is_real_only(row: dict) -> bool:
-    return row["protocol"].split(" ")[0] in REAL_ONLY
+    """Set where the row is made (its protocol uses no synthetic image), never read off the row's name."""
+    return bool(row["real_only"])
 
 
 def compare_to_real_only(rows: list[dict]) -> list[dict]:
@@ -216,7 +218,6 @@ def compare_to_real_only(rows: list[dict]) -> list[dict]:
     best = max(real, key=lambda r: r["mean"]) if real else None
     out = []
     for r in rows:
-        r = {**r, "real_only": is_real_only(r)}
         if baseline is not None:
             r["vs_baseline"] = None if r["protocol"] == "baseline" else \
                 paired_difference(r["values"], baseline["values"])

@@ -12,9 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 gq = pytest.importorskip("generator_quality")
 
 
-def row(protocol, values):
+def row(protocol, values, real_only=None):
+    if real_only is None:
+        real_only = protocol.split(" ")[0] in gq.REAL_ONLY
     return {"protocol": protocol, "filter": "none", "metric": "balanced_accuracy", "values": values,
-            "mean": sum(values) / len(values)}
+            "mean": sum(values) / len(values), "real_only": real_only}
 
 
 def part(rows):
@@ -39,3 +41,11 @@ def test_the_50_target_needs_the_margin_and_an_interval_above_zero():
     assert gq.verdicts(part(steady))["50"]["met"]
     noisy = real + [row("transfer", [0.90, 0.78, 0.86])]  # +0.03 on average, interval spans 0
     assert not gq.verdicts(part(noisy))["50"]["met"]
+
+
+def test_real_only_comes_from_the_row_not_its_name():
+    """A synthetic protocol whose name happens to start like a real-only one is still synthetic."""
+    rows = [row("baseline", [0.80, 0.81, 0.82]), row("baseline + synthetic", [0.90, 0.91, 0.92], real_only=False)]
+    out = {r["protocol"]: r for r in part(rows)["parts"]["50"]["downstream"]}
+    assert out["baseline + synthetic"]["best_real_only"] == "baseline"
+    assert gq.verdicts(part(rows))["50"]["met"]

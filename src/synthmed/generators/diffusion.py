@@ -48,7 +48,7 @@ from synthmed.generators.formulation import build_formulation
 from synthmed.generators.networks import count_parameters
 from synthmed.generators.training_conditions import (TrainingConditions, apply_variant, flip_variants, one_hot_masks,
                                                       pad_tokens)
-from synthmed.runtime import bf16_supported, sampling_batch_size
+from synthmed.runtime import bf16_supported
 
 
 #: under generator.budget_minutes the autoencoder (trained first) may use at most this share of the
@@ -469,7 +469,7 @@ class DiffusionGenerator(Generator):
         w = self.cfg.guidance if guidance is None else float(guidance)
         steps = steps or self.cfg.sample_steps
         sampler = sampler or self.cfg.sampler
-        bs = batch_size or sampling_batch_size(self.device)
+        bs = batch_size or runtime.sampling_batch_size(self.device)
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((len(labels), *self.model_shape), generator=gen)
         out = {}
