@@ -373,3 +373,19 @@ def test_flip_and_transpose_variants_are_the_eight_symmetries_of_the_square():
     assert flip_variants(0.5, 0.5) == [(h, v, False) for h, v in [(False, False), (True, False), (False, True),
                                                                    (True, True)]]
     assert len(flip_variants(0.0, 0.0, 0.5)) == 2
+
+
+def test_a_transposed_image_gets_its_mask_transposed():
+    """mask_condition with transpose: each image's mask gets the same flips and transpose as the image."""
+    from synthmed.generators.training_conditions import TrainingConditions, apply_variant, flip_variants
+
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[:, 0, 1:] = 1  # top row, right of the corner: changes under every symmetry but the anti-diagonal ones
+    conds = TrainingConditions(np.zeros(2, int), masks=masks, mask_class_names=["cell"])
+    idx = torch.tensor([0, 1])
+    for h, v, t in flip_variants(0.5, 0.5, 0.5):
+        got = conds.mask_batch(idx, 4, flip_h=torch.tensor([h, False]), flip_v=torch.tensor([v, False]),
+                               transpose=torch.tensor([t, False]))
+        want = apply_variant(torch.from_numpy(masks[0]).float(), h, v, t)
+        torch.testing.assert_close(got[0, 0], want)
+        torch.testing.assert_close(got[1, 0], torch.from_numpy(masks[1]).float())  # untouched image
