@@ -83,6 +83,8 @@ def study_config(args):
         {"arch": "smallcnn", "widths": [16, 32, 64], "steps": args.steps, "eval_every": 100, "patience": 3}))
     set_dotted(overrides, "downstream.seeds", "[0, 1, 2]")
     set_dotted(overrides, "downstream.synthetic_ratio", str(args.synthetic_ratio))
+    set_dotted(overrides, "downstream.filters", json.dumps(args.filters.split(",")))
+    set_dotted(overrides, "downstream.oversample", str(args.oversample))
     return load_config(preset=args.preset, overrides=overrides)
 
 
@@ -172,15 +174,36 @@ def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
         if i == 0:
             save_grid(syn, args.grids / f"generator_quality_{size}.png")
             save_pairs(audit, sub, syn, args.grids / f"generator_quality_{size}_memorisation.png")
-    summary = [{**r, "real_only": r["protocol"] in REAL_ONLY} for r in res["summary"]
-               if r["filter"] == "none" and r["metric"] == "balanced_accuracy"]
-    summary = compare_to_real_only(summary + equal_budget_rows(args, cfg, splits, device, repeats, size))
+    summary = compare_to_real_only(summary_rows(res) + equal_budget_rows(args, cfg, splits, device, repeats, size))
     return {"seconds": time.time() - t0, "downstream": summary, "generators": per_subset,
+            "filters": args.filters.split(","), "filter_acceptance": filter_acceptance(res),
             "generator_steps": args.subset_steps, "samples_per_class": args.samples_per_class,
             "synthetic_ratio": args.synthetic_ratio, "threads": torch.get_num_threads(),
             "mean": {k: float(np.mean([s[k] for s in per_subset])) for k in
                      ("conditional_accuracy", "fd", "fd_real_floor", "fd_ratio", "precision", "recall", "coverage",
                       "train_seconds")}}
+
+
+def summary_rows(res: dict) -> list[dict]:
+    """The balanced-accuracy rows of a downstream experiment; a filtered pool gets its own row named
+    "transfer / confidence" (real-only protocols run with filter "none" only, so they keep their names)."""
+    return [{**r, "protocol": r["protocol"] if r["filter"] == "none" else f"{r['protocol']} / {r['filter']}",
+             "real_only": r["protocol"] in REAL_ONLY} for r in res["summary"] if r["metric"] == "balanced_accuracy"]
+
+
+def filter_acceptance(res: dict) -> dict:
+    """Per filter and subset, the share of each class's synthetic pool a filter kept, beside the same rule's
+    acceptance of real validation images where the filter reports it (the confidence filter does)."""
+    out: dict = {}
+    for cell in res["cells"]:
+        report = cell.get("filter_report")
+        if not report or cell["filter"] == "none":
+            continue
+        per_class = report.get("per_class") or {}
+        out.setdefault(cell["filter"], {})[cell["repeat"]] = {
+            "synthetic": {c: v.get("acceptance_rate") for c, v in per_class.items()},
+            "real_val": (report.get("real_val_acceptance") or {}).get("per_class")}
+    return out
 
 
 def equal_budget_rows(args, cfg, splits, device, repeats, size: int) -> list[dict]:
@@ -321,6 +344,16 @@ def markdown(results: dict) -> str:
             best = f" ({r['best_real_only']})" if r.get("best_real_only") else ""
             lines.append(f"| {r['protocol']} | {r['mean']:.3f} ± {(r.get('std') or 0):.3f} | "
                          f"{diff(r.get('vs_baseline'))} | {diff(r.get('vs_best_real_only'))}{best} |")
+        for filt, per_repeat in (parts[size].get("filter_acceptance") or {}).items():
+            lines += ["", f"Filter '{filt}', share of each class kept (synthetic pool; real validation images "
+                      "under the same rule where reported), mean over subsets:", "",
+                      "| class | synthetic kept | real validation kept |", "|---|---|---|"]
+            names = list(next(iter(per_repeat.values()))["synthetic"])
+            for c in names:
+                syn = [r["synthetic"].get(c) for r in per_repeat.values() if r["synthetic"].get(c) is not None]
+                val = [(r["real_val"] or {}).get(c) for r in per_repeat.values()]
+                val = [v for v in val if v is not None]
+                lines.append(f"| {c} | {np.mean(syn):.3f} | " + (f"{np.mean(val):.3f}" if val else "–") + " |")
     for part, sw in results.get("guidance_sweep", {}).items():
         lines += ["", f"## Guidance scale, part {part} ({sw['samples_per_class']} per class, mean over "
                   f"{sw['rows'][0]['n_generators']} generator(s))", "",
@@ -354,6 +387,11 @@ def main() -> None:
                          "per class) and only add downstream cells, e.g. a new protocol")
     ap.add_argument("--synthetic-ratio", type=float, default=1.0,
                     help="synthetic images added per real training image in the mixing protocols")
+    ap.add_argument("--filters", default="none",
+                    help="synthetic pools of the subset parts: none, global, class (realism), confidence (p(intended "
+                         "class) >= select.tau under a classifier trained on the subset); comma list, one row each")
+    ap.add_argument("--oversample", type=float, default=1.0,
+                    help="synthetic pool per class = oversample x what a protocol needs (raise it with a filter)")
     ap.add_argument("--equal-budget", choices=["auto", "off"], default="auto",
                     help="auto: with a two-stage protocol (transfer) also run the real-only protocols at 2 x --steps, "
                          "so the synthetic side is never measured against a real-only bar given fewer steps")

@@ -49,3 +49,38 @@ def test_real_only_comes_from_the_row_not_its_name():
     out = {r["protocol"]: r for r in part(rows)["parts"]["50"]["downstream"]}
     assert out["baseline + synthetic"]["best_real_only"] == "baseline"
     assert gq.verdicts(part(rows))["50"]["met"]
+
+
+def test_a_filtered_pool_is_its_own_synthetic_row():
+    res = {"summary": [
+        {"protocol": "baseline", "filter": "none", "metric": "balanced_accuracy", "values": [0.80, 0.81, 0.82]},
+        {"protocol": "transfer", "filter": "none", "metric": "balanced_accuracy", "values": [0.81, 0.82, 0.83]},
+        {"protocol": "transfer", "filter": "confidence", "metric": "balanced_accuracy", "values": [0.84, 0.85, 0.86]},
+        {"protocol": "transfer", "filter": "confidence", "metric": "accuracy", "values": [0.9, 0.9, 0.9]}]}
+    rows = gq.summary_rows(res)
+    assert [r["protocol"] for r in rows] == ["baseline", "transfer", "transfer / confidence"]  # one metric only
+    assert [r["real_only"] for r in rows] == [True, False, False]
+    for r in rows:
+        r["mean"] = sum(r["values"]) / 3
+    v = gq.verdicts(part(rows))["50"]
+    assert v["met"] and "transfer / confidence" in v["by"]  # the best synthetic row, +0.04 on every subset
+
+
+def test_filter_acceptance_reads_each_filtered_cell_once_per_subset():
+    report = {"per_class": {"a": {"acceptance_rate": 0.5}, "b": {"acceptance_rate": 1.0}},
+              "real_val_acceptance": {"per_class": {"a": 0.9, "b": None}}}
+    res = {"cells": [{"repeat": "r0", "filter": "none", "filter_report": None},
+                     {"repeat": "r0", "filter": "confidence", "filter_report": report},
+                     {"repeat": "r1", "filter": "confidence", "filter_report": report}]}
+    out = gq.filter_acceptance(res)
+    assert list(out) == ["confidence"] and sorted(out["confidence"]) == ["r0", "r1"]
+    assert out["confidence"]["r0"] == {"synthetic": {"a": 0.5, "b": 1.0}, "real_val": {"a": 0.9, "b": None}}
+    md = gq.markdown({"setup": {"device": "cpu", "threads": 1, "torch": "x", "generator": "g", "judge": "j",
+                                "judge_real_test_accuracy": 0.9, "n_test": 10, "samples_per_class": 5,
+                                "classifier_steps": 5},
+                      "parts": {"50": {"downstream": [], "filter_acceptance": out, "generator_steps": 1,
+                                       "samples_per_class": 5, "mean": {
+                                           "train_seconds": 60, "conditional_accuracy": 0.9, "fd": 1.0,
+                                           "fd_real_floor": 1.0, "fd_ratio": 1.0, "precision": 1.0, "recall": 1.0,
+                                           "coverage": 1.0}, "generators": []}}})
+    assert "| a | 0.500 | 0.900 |" in md and "| b | 1.000 | – |" in md
