@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ import torch
 from synthmed.config import ClassifierConfig, load_config, set_dotted, validate
 from synthmed.data.sources import load_dataset
 from synthmed.data.splits import disjoint_subsets
-from synthmed.downstream.protocols import stage_count
+from synthmed.downstream.protocols import NotEnoughSyntheticError, stage_count
 from synthmed.downstream.stats import paired_difference
 from synthmed.features.domain import DomainExtractor
 from synthmed.files import atomic_write_text
@@ -440,7 +441,11 @@ def main() -> None:
         if part == "full":
             results["parts"]["full"] = part_full(args, cfg, splits, judge, device)
         elif part in ("50", "200"):
-            results["parts"][part] = part_subsets(args, cfg, splits, judge, device, int(part))
+            try:
+                results["parts"][part] = part_subsets(args, cfg, splits, judge, device, int(part))
+            except NotEnoughSyntheticError as e:  # a filter kept too few: say which class and the knob, exit 2
+                print(f"generator_quality: part {part}: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
         else:
             raise SystemExit(f"--only: unknown part {part!r}; use full, 50, 200")
         results["parts"][part]["wall_seconds"] = time.time() - t0
