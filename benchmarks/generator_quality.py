@@ -177,7 +177,7 @@ def part_subsets(args, cfg, splits, judge, device, size: int) -> dict:
             save_pairs(audit, sub, syn, args.grids / f"generator_quality_{size}_memorisation.png")
     summary = compare_to_real_only(summary_rows(res) + equal_budget_rows(args, cfg, splits, device, repeats, size))
     return {"seconds": time.time() - t0, "downstream": summary, "generators": per_subset,
-            "filters": args.filters.split(","), "filter_acceptance": filter_acceptance(res),
+            "filters": cfg.downstream.filters, "filter_acceptance": filter_acceptance(res),
             "generator_steps": args.subset_steps, "samples_per_class": args.samples_per_class,
             "synthetic_ratio": args.synthetic_ratio, "threads": torch.get_num_threads(),
             "mean": {k: float(np.mean([s[k] for s in per_subset])) for k in
