@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthmed.config import ClassifierConfig, load_config, set_dotted, validate
+from synthmed.config import ClassifierConfig, ConfigError, load_config, set_dotted, validate
 from synthmed.data.sources import load_dataset
 from synthmed.data.splits import disjoint_subsets
 from synthmed.downstream.protocols import NotEnoughSyntheticError, stage_count
@@ -407,7 +407,11 @@ def main() -> None:
         raise SystemExit(f"BloodMNIST not found at {args.data_root / 'bloodmnist.npz'}; pass --data-root")
     threads = set_threads(args.threads)
     device = resolve_device(args.device)
-    cfg = study_config(args)
+    try:
+        cfg = study_config(args)  # --set, --filters, --oversample: validated once, before any work
+    except ConfigError as e:
+        print(f"generator_quality: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     splits = load_dataset(cfg.data)
     args.grids.mkdir(parents=True, exist_ok=True)
     out = args.out / f"generator_quality_{device}.json"

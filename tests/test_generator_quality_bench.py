@@ -84,3 +84,17 @@ def test_filter_acceptance_reads_each_filtered_cell_once_per_subset():
                                            "fd_real_floor": 1.0, "fd_ratio": 1.0, "precision": 1.0, "recall": 1.0,
                                            "coverage": 1.0}, "generators": []}}})
     assert "| a | 0.500 | 0.900 |" in md and "| b | 1.000 | – |" in md
+
+
+def test_a_bad_filter_name_fails_at_once_with_one_line(tmp_path):
+    import subprocess
+
+    (tmp_path / "bloodmnist.npz").write_bytes(b"")  # only its presence is checked before the config
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "generator_quality.py"
+    r = subprocess.run([sys.executable, str(script), "--only", "50", "--filters", "none,bogus", "--data-root",
+                        str(tmp_path), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "downstream.filters" in lines[0] and "'bogus'" in lines[0]
+    assert not (tmp_path / "w").exists()  # nothing ran
